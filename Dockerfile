@@ -1,0 +1,20 @@
+# faxbridge appliance image. Installs the package exactly as the README does.
+FROM python:3.11-slim
+
+RUN useradd --system --uid 10025 --home-dir /var/lib/faxbridge --create-home faxbridge
+WORKDIR /app
+COPY pyproject.toml README.md config.example.toml ./
+COPY faxbridge ./faxbridge
+COPY templates ./templates
+RUN pip install --no-cache-dir -e /app
+
+USER faxbridge
+VOLUME ["/var/lib/faxbridge"]
+# 2525: SMTP listener; 8025: HTTP (health, metrics, status push webhook)
+EXPOSE 2525 8025
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8025/healthz', timeout=3)" || exit 1
+# Mount a config at /etc/faxbridge/config.toml and add: --config /etc/faxbridge/config.toml
+# (its [smtp].trusted_networks / [[senders]] must admit your mail server's address).
+CMD ["faxbridge", "serve", "--data-dir", "/var/lib/faxbridge", \
+     "--smtp-listen", "0.0.0.0:2525", "--http-listen", "0.0.0.0:8025"]

@@ -1,0 +1,3 @@
+from faxbridge.cli import main
+
+raise SystemExit(main())

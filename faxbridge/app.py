@@ -1,0 +1,168 @@
+"""Builds the parts from a Config, starts and stops them, handles signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from faxbridge.config import Config
+from faxbridge.retarus.fax4a import Fax4AClient, Fax4AEndpoints, make_client
+from faxbridge.simulator.app import SimState, build_app
+from faxbridge.store import Store
+from faxbridge.web.server import HttpServer
+
+log = logging.getLogger("faxbridge")
+
+SIM_PASSWORD = "simulator"  # the embedded simulator's own credentials; never a real secret
+
+
+@dataclass
+class Overrides:
+    data_dir: Path | None = None
+    smtp_listen: str | None = None
+    http_listen: str | None = None
+    simulator_listen: str | None = None
+
+
+def apply_overrides(cfg: Config, o: Overrides) -> Config:
+    """`serve` flags win over the config file (DESIGN.md "Fixed points")."""
+    upd = {}
+    if o.data_dir:
+        upd["storage"] = cfg.storage.model_copy(update={"data_dir": o.data_dir})
+    if o.smtp_listen:
+        upd["smtp"] = cfg.smtp.model_copy(update={"listen": o.smtp_listen})
+    if o.http_listen:
+        upd["http"] = cfg.http.model_copy(update={"listen": o.http_listen})
+    if o.simulator_listen:
+        upd["simulator"] = cfg.simulator.model_copy(update={"listen": o.simulator_listen})
+    return cfg.model_copy(update=upd)
+
+
+class Bridge:
+    """Everything `faxbridge serve` runs, in one process and one event loop."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.store: Store | None = None
+        self.sim_state: SimState | None = None
+        self.sim_server: HttpServer | None = None
+        self.sim_url: str | None = None
+        self.http_server: HttpServer | None = None
+        self.smtp_server: asyncio.base_events.Server | None = None
+        self.smtp_address: str | None = None
+        self.fax4a: Fax4AClient | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self.submit_wakeup = asyncio.Event()
+        self.on_started: list[Callable[[], None]] = []
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        cfg = self.cfg
+        data_dir = cfg.storage.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(data_dir / "faxbridge.sqlite3")
+        if cfg.retarus.mode == "simulator" and not cfg.retarus.send_url:
+            self.sim_state = SimState(customer_number=cfg.retarus.customer_number,
+                                      username=cfg.retarus.username,
+                                      password=cfg.retarus.password.resolve() or SIM_PASSWORD,
+                                      pull_password=SIM_PASSWORD,
+                                      complete_after=cfg.simulator.complete_after,
+                                      lock_seconds=cfg.simulator.lock_seconds)
+            self.sim_server = HttpServer(build_app(self.sim_state), cfg.simulator.listen)
+            await self.sim_server.start()
+            self.sim_url = self.sim_server.url
+        password = cfg.retarus.password.resolve() or (
+            SIM_PASSWORD if cfg.retarus.mode == "simulator" else None)
+        if password is None:
+            raise RuntimeError("retarus.password: no password (set retarus.password.env "
+                               "or retarus.password.file)")
+        self._http = make_client(cfg.retarus.username, password, cfg.retarus.timeout)
+        self.fax4a = Fax4AClient(
+            Fax4AEndpoints(cfg.retarus.customer_number, cfg.send_url(self.sim_url),
+                           cfg.datacenter_urls(self.sim_url)), self._http)
+        from faxbridge.web.app import build_web_app
+        self.http_server = HttpServer(build_web_app(self), cfg.http.listen)
+        await self.http_server.start()
+        await self._start_smtp()
+        self._start_workers()
+
+    async def _start_smtp(self) -> None:
+        from faxbridge.smtp.server import start_smtp
+        self.smtp_server, self.smtp_address = await start_smtp(self)
+
+    def _start_workers(self) -> None:
+        from faxbridge.workers import workers_for
+        for name, coro in workers_for(self):
+            task = asyncio.create_task(coro, name=name)
+            self._tasks.append(task)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self.smtp_server is not None:
+            self.smtp_server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.smtp_server.wait_closed(), 5)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for srv in (self.http_server, self.sim_server):
+            if srv is not None:
+                await srv.stop()
+        if self._http is not None:
+            await self._http.aclose()
+        if self.store is not None:
+            self.store.close()
+
+    def push_url(self) -> str | None:
+        """Where Retarus should POST status pushes: configured, or (simulator) ours."""
+        if self.cfg.retarus.push_url:
+            return self.cfg.retarus.push_url
+        if self.cfg.retarus.mode == "simulator" and self.http_server is not None:
+            return self.http_server.url + "/retarus/push"
+        return None
+
+    def wake_submitter(self) -> None:
+        self.submit_wakeup.set()
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        return self._stopping
+
+    def addresses(self) -> dict[str, str]:
+        out = {}
+        if self.smtp_address:
+            out["smtp"] = self.smtp_address
+        if self.http_server:
+            out["http"] = self.http_server.url
+        if self.sim_url:
+            out["simulator"] = self.sim_url
+        return out
+
+
+async def run(cfg: Config, *, print_fn: Callable[[str], None] = print) -> None:
+    bridge = Bridge(cfg)
+    await bridge.start()
+    addrs = bridge.addresses()
+    print_fn(f"faxbridge listening: SMTP {addrs.get('smtp')}, HTTP {addrs.get('http')}"
+             + (f", simulator {addrs['simulator']}" if "simulator" in addrs else ""))
+    print_fn(f"data directory: {cfg.storage.data_dir.resolve()}")
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    try:
+        await done.wait()
+    finally:
+        print_fn("faxbridge stopping")
+        await bridge.stop()

@@ -1,0 +1,336 @@
+"""Command line: `faxbridge serve|check|route|log|jobs|simulator|hash-password`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from faxbridge import config as config_mod
+from faxbridge.errors import ConfigError
+
+DEFAULT_DATA_DIR = Path("faxbridge-data")
+
+
+def _load(path: str | None) -> config_mod.Config:
+    if path is None:
+        return config_mod.embedded_default()
+    return config_mod.load(Path(path))
+
+
+def _ts(t: float | None) -> str:
+    if not t:
+        return "-"
+    return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _store(args: argparse.Namespace):  # noqa: ANN202
+    from faxbridge.store import Store
+    cfg = _load(args.config)
+    data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else cfg.storage.data_dir
+    db = data_dir / "faxbridge.sqlite3"
+    if not db.exists():
+        raise SystemExit(f"no store at {db} (has `faxbridge serve` run with this data dir?)")
+    return Store(db)
+
+
+def _since(value: str | None) -> float | None:
+    """'2h', '30m', '7d' or an ISO date."""
+    if not value:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[-1] in units and value[:-1].isdigit():
+        return time.time() - int(value[:-1]) * units[value[-1]]
+    try:
+        return dt.datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise SystemExit(f"--since: expected e.g. 2h, 30m, 7d or 2026-11-22, got {value!r}") from None
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+# ------------------------------------------------------------------ commands
+def cmd_serve(args: argparse.Namespace) -> int:
+    from faxbridge.app import Overrides, apply_overrides, run
+    cfg = _load(args.config)
+    cfg = apply_overrides(cfg, Overrides(
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        smtp_listen=args.smtp_listen, http_listen=args.http_listen,
+        simulator_listen=args.simulator_listen))
+    if args.config is None:
+        print("no --config given: running on the embedded default (Retarus simulator, "
+              "Maildir, SQLite); loopback may fax any valid number")
+    asyncio.run(run(cfg, print_fn=lambda s: print(s, flush=True)))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        print(f"{exc.source or 'config'}: {len(exc.problems)} error(s)")
+        for p in exc.problems:
+            print(f"  {p}")
+        return 1
+    print("ok")
+    for line in config_mod.summary(cfg):
+        print("  " + line)
+    return 0
+
+
+def cmd_simulator(args: argparse.Namespace) -> int:
+    from faxbridge.simulator.app import SimState, build_app
+    from faxbridge.web.server import HttpServer
+
+    async def main() -> None:
+        state = SimState(complete_after=args.complete_after, username=args.username,
+                         password=args.password, pull_password=args.pull_password,
+                         customer_number=args.customer_number)
+        server = HttpServer(build_app(state), args.listen)
+        await server.start()
+        print(f"Retarus simulator on {server.url} (customer {state.customer_number}, "
+              f"user {state.username})", flush=True)
+        stop = asyncio.Event()
+        import signal
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from faxbridge.intake.numbers import parse_number, split_address
+    from faxbridge.intake.rules import Who, destination_allowed, find_rule, matching_pattern
+    cfg = _load(args.config)
+    steps: list[str] = []
+    verdict = "accept"
+    local, domain = split_address(args.to)
+    who = Who(sender=args.sender.lower(), auth_user=args.user, peer_ip=args.peer)
+    out: dict[str, Any] = {"from": args.sender, "to": args.to}
+    if domain not in cfg.fax.domains:
+        verdict = f"reject 550 5.7.1: {domain} is not a fax domain ({', '.join(cfg.fax.domains)})"
+    else:
+        steps.append(f"domain {domain} is a fax domain")
+        parsed = parse_number(local, cfg.fax.default_country)
+        if not parsed.ok:
+            verdict = f"reject 553 5.1.3: {parsed.error}"
+        else:
+            out["number"] = parsed.number
+            steps.append(f"number {local!r} → {parsed.number} ({parsed.pretty})")
+            rule = find_rule(cfg.senders, who)
+            if rule is None:
+                verdict = f"reject 550 5.7.1: no sender rule matches {args.sender}"
+                steps.append("rules tried: " + ", ".join(r.name for r in cfg.senders))
+            else:
+                out["rule"] = rule.name
+                steps.append(f"sender rule '{rule.name}' matches by "
+                             f"{matching_pattern(rule, who)!r}")
+                ok, why = destination_allowed(rule, parsed.number)
+                steps.append(f"destination {why}")
+                if not ok:
+                    verdict = f"reject 550 5.7.1: blocked by rule '{rule.name}': {why}"
+                else:
+                    steps.append(f"billing code {rule.billing_code or '-'}, body {rule.body}, "
+                                 f"notify {rule.notify}")
+    out["steps"], out["verdict"] = steps, verdict
+    if args.json:
+        _print_json(out)
+    else:
+        for s in steps:
+            print("  " + s)
+        print(verdict)
+    return 0 if verdict == "accept" else 1
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.action == "show":
+        row = store.log_entry(int(args.id))
+        if row is None:
+            print(f"no SMTP log record {args.id}")
+            return 1
+        rec = dict(row)
+        for k in ("recipients_json", "parts_json", "timings_json"):
+            rec[k.removesuffix("_json")] = json.loads(rec.pop(k))
+        if args.json:
+            _print_json(rec)
+            return 0
+        print(f"#{rec['id']} {_ts(rec['ts'])} peer {rec['peer']} helo {rec['helo']} "
+              f"tls {'yes' if rec['tls'] else 'no'} auth {rec['auth_user'] or '-'}")
+        print(f"  from {rec['mail_from']}  message-id {rec['message_id'] or '-'}  "
+              f"size {rec['size'] or '-'}")
+        print(f"  subject {rec['subject'] or '-'}")
+        for r in rec["recipients"]:
+            print(f"  rcpt {r.get('address')} number {r.get('number', '-')} rule "
+                  f"{r.get('rule', '-')}: {r.get('reply')}")
+        for p in rec["parts"]:
+            mark = "USED" if p["used"] else "skip"
+            print(f"  part {p['path']} {p['type']} {p.get('name') or ''} {p['size']}B "
+                  f"[{mark}] {p['why']}" + (f" → {p['document']}" if p.get("document") else ""))
+        print(f"  reply {rec['reply']}")
+        print(f"  job {rec['job_id'] or '-'}  timings {rec['timings']}")
+        return 0
+    rows = store.list_log(failed=args.failed, sender=args.sender, number=args.number,
+                          since=_since(args.since), limit=args.limit)
+    if args.json:
+        _print_json([{**dict(r), "recipients": json.loads(r["recipients_json"]),
+                      "parts": json.loads(r["parts_json"])} for r in rows])
+        return 0
+    for r in rows:
+        rcpts = ",".join(x.get("number") or x.get("address", "")
+                         for x in json.loads(r["recipients_json"]))
+        print(f"#{r['id']:<5} {_ts(r['ts'])} {r['peer'] or '-':<15} {r['mail_from'] or '-':<28}"
+              f" {rcpts:<20} {r['reply']}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.action == "show":
+        job = store.job(args.id)
+        if job is None:
+            print(f"no job {args.id}")
+            return 1
+        recips = [dict(r) for r in store.job_recipients(args.id)]
+        events = [dict(e) for e in store.job_events(args.id)]
+        docs = [{"name": d["name"], "type": d["content_type"], "size": len(d["data"])}
+                for d in store.job_documents(args.id)]
+        info = {k: job[k] for k in job if k not in ("raw", "request_json")}
+        if args.json:
+            _print_json({**info, "recipients": recips, "documents": docs, "events": events})
+            return 0
+        print(f"job {job['id']}  state {job['state']}  retarus {job['retarus_job_id'] or '-'}")
+        print(f"  from {job['sender']}  subject {job['subject']!r}  rule {job['rule']}")
+        for r in recips:
+            print(f"  to {r['number']} ({r['display_name'] or '-'}): {r['status'] or '-'} "
+                  f"{r['reason'] or ''}")
+        for d in docs:
+            print(f"  document {d['name']} {d['type']} {d['size']}B")
+        if job["last_error"]:
+            print(f"  last error: {job['last_error']}")
+        print("  timeline:")
+        for e in events:
+            print(f"    {_ts(e['ts'])} {e['kind']:<11} {e['detail'] or ''}")
+        return 0
+    if args.action == "release":
+        job = store.job(args.id)
+        if job is None or job["state"] != "held":
+            print(f"job {args.id} is not held")
+            return 1
+        store.set_job_state(args.id, "queued", event="released", detail="released by admin",
+                            next_attempt=0, expect=("held",))
+        print(f"job {args.id} released")
+        return 0
+    rows = store.list_jobs(state=args.state, sender=args.sender, limit=args.limit)
+    if args.json:
+        _print_json([{k: r[k] for k in r if k not in ("raw", "request_json")}
+                     for r in rows])
+        return 0
+    for r in rows:
+        print(f"{r['id']}  {_ts(r['created'])}  {r['state']:<10} {r['sender']:<28} "
+              f"{(r['subject'] or '')[:40]}")
+    return 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from faxbridge.smtp.auth import hash_password
+    pw = args.password if args.password is not None else getpass.getpass("password: ")
+    print(hash_password(pw))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="faxbridge", description="Email-to-fax bridge for Retarus")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--config", metavar="PATH", help="config file (default: embedded)")
+        return sp
+
+    s = with_config(sub.add_parser("serve", help="run the bridge"))
+    s.add_argument("--data-dir", metavar="DIR")
+    s.add_argument("--smtp-listen", metavar="HOST:PORT")
+    s.add_argument("--http-listen", metavar="HOST:PORT")
+    s.add_argument("--simulator-listen", metavar="HOST:PORT")
+    s.set_defaults(func=cmd_serve)
+
+    s = with_config(sub.add_parser("check", help="validate a config file"))
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("simulator", help="run the Retarus simulator alone")
+    s.add_argument("--listen", default="127.0.0.1:8099", metavar="HOST:PORT")
+    s.add_argument("--complete-after", type=float, default=2.0, metavar="SECONDS")
+    s.add_argument("--customer-number", default="99999TE")
+    s.add_argument("--username", default="faxbridge")
+    s.add_argument("--password", default="simulator")
+    s.add_argument("--pull-password", default="simulator")
+    s.set_defaults(func=cmd_simulator)
+
+    s = with_config(sub.add_parser("route", help="explain a routing decision"))
+    s.add_argument("--from", dest="sender", required=True, metavar="ADDR")
+    s.add_argument("--to", required=True, metavar="ADDR")
+    s.add_argument("--user", help="SMTP AUTH user")
+    s.add_argument("--peer", default="127.0.0.1", help="client IP (default 127.0.0.1)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_route)
+
+    s = with_config(sub.add_parser("log", help="the SMTP log"))
+    s.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    s.add_argument("id", nargs="?")
+    s.add_argument("--data-dir")
+    s.add_argument("--failed", action="store_true")
+    s.add_argument("--sender")
+    s.add_argument("--number")
+    s.add_argument("--since")
+    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_log)
+
+    s = with_config(sub.add_parser("jobs", help="outbound fax jobs"))
+    s.add_argument("action", nargs="?", choices=["list", "show", "release"], default="list")
+    s.add_argument("id", nargs="?")
+    s.add_argument("--data-dir")
+    s.add_argument("--state")
+    s.add_argument("--sender")
+    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_jobs)
+
+    s = sub.add_parser("hash-password", help="hash an SMTP AUTH password for the config")
+    s.add_argument("--password", help="(default: prompt)")
+    s.set_defaults(func=cmd_hash_password)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiosmtpd logs every command line at INFO; our SMTP log has the decisions.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if getattr(args, "action", None) in ("show", "release") and not args.id:
+        print(f"faxbridge {args.command} {args.action}: an ID is required", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"config error in {exc.source or 'config'}:", file=sys.stderr)
+        for p in exc.problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1

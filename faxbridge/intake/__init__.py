@@ -1,0 +1,1 @@
+"""Pure functions: MIME → documents, addresses → numbers, rules → decisions."""

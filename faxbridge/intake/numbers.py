@@ -1,0 +1,51 @@
+"""Recipient address → E.164 fax number, with the `phonenumbers` library.
+
+The local part is the number: +4989123456, 004989123456 (international prefix of
+the default country), national 089123456; separators - . ( ) / are allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import phonenumbers
+
+SEPARATORS = re.compile(r"[-.()/ ]")
+
+
+@dataclass(frozen=True)
+class Parsed:
+    ok: bool
+    number: str = ""       # E.164, e.g. +4989123456
+    pretty: str = ""       # international format for humans, e.g. +49 89 123456
+    error: str = ""
+
+
+def split_address(address: str) -> tuple[str, str]:
+    local, _, domain = address.rpartition("@")
+    return local, domain.lower()
+
+
+def parse_number(local: str, default_country: str) -> Parsed:
+    if not local:
+        return Parsed(False, error="the part before @ is empty; it must be the fax number")
+    cleaned = SEPARATORS.sub("", local)
+    if not re.fullmatch(r"\+?[0-9]+", cleaned):
+        bad = sorted({c for c in cleaned if not (c.isdigit() or c == "+")})
+        return Parsed(False, error=(f"'{local}' contains {''.join(bad)!r}; use digits, a leading"
+                                    " '+' and the separators - . ( ) /"))
+    try:
+        num = phonenumbers.parse(cleaned, default_country)
+    except phonenumbers.NumberParseException as exc:
+        return Parsed(False, error=f"'{local}' is not a phone number ({exc._msg})")
+    e164 = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
+    if not phonenumbers.is_valid_number(num):
+        region = phonenumbers.region_code_for_country_code(num.country_code)
+        why = phonenumbers.is_possible_number_with_reason(num)
+        length = {phonenumbers.ValidationResult.TOO_SHORT: "too short",
+                  phonenumbers.ValidationResult.TOO_LONG: "too long"}.get(why, "not valid")
+        return Parsed(False, error=(f"'{local}' read as {e164} is {length} for country code "
+                                    f"+{num.country_code} ({region})"))
+    pretty = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    return Parsed(True, number=e164, pretty=pretty)

@@ -1,0 +1,39 @@
+"""Mail subject → fax header line (renderingOptions.header)."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from email.header import decode_header, make_header
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def decode_subject(raw: str | None) -> str:
+    """RFC 2047 decode, tolerant of broken encoded-words."""
+    if not raw:
+        return ""
+    try:
+        text = str(make_header(decode_header(raw)))
+    except (UnicodeDecodeError, LookupError, ValueError):
+        text = raw
+    return " ".join(text.split())
+
+
+def header_line(subject: str, template: str, max_len: int, **fields: str) -> str:
+    """Fill the configured template and make it safe for Retarus.
+
+    The header is a Retarus template in which `%` starts a control sequence
+    (`%d`, `%C`, `%tz=…`, fax4a-send-fax.md renderingOptions.header). A subject must
+    not inject those, so every `%` coming from the mail is removed; the admin's
+    template keeps its own %-codes."""
+    clean = CONTROL.sub(" ", unicodedata.normalize("NFC", subject)).replace("%", "")
+    clean = " ".join(clean.split())
+    safe = {k: CONTROL.sub(" ", v).replace("%", "") for k, v in fields.items()}
+    try:
+        text = template.format(subject=clean, **safe)
+    except (KeyError, IndexError, ValueError):
+        text = clean
+    if len(text) > max_len:
+        text = text[: max_len - 1].rstrip() + "…"
+    return text

@@ -1,0 +1,1 @@
+"""Outbound: build the Fax4A request, submit it, track it, report it."""

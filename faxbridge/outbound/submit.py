@@ -1,0 +1,127 @@
+"""Submission worker: claims queued jobs, sends them to Fax4A, records the jobId.
+
+Transient errors are retried with backoff until the job's deadline; permanent
+ones fail the job at once with the reason kept for the report; anything
+unexpected holds the job for the admin. One job's failure never stops the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from faxbridge.errors import AuthError, Permanent, Transient
+from faxbridge.outbound.request import full_request
+from faxbridge.retarus.http import backoff
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from faxbridge.app import Bridge
+
+log = logging.getLogger("faxbridge.submit")
+
+
+class Submitter:
+    def __init__(self, bridge: Bridge, idle: float = 1.0) -> None:
+        self.bridge = bridge
+        self.idle = idle
+
+    async def run(self) -> None:
+        await self.recover()
+        store = self.bridge.store
+        assert store is not None
+        while True:
+            job = await asyncio.to_thread(store.claim_job)
+            if job is None:
+                self.bridge.submit_wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.bridge.submit_wakeup.wait(), self.idle)
+                continue
+            try:
+                await self.dispose(job)
+            except Exception as exc:  # noqa: BLE001 - never let one job stop the worker
+                log.exception("job=%s unexpected error; holding it", job["id"])
+                await asyncio.to_thread(store.set_job_state, job["id"], "held",
+                                        event="held", detail=f"unexpected error: {exc!r}",
+                                        error=repr(exc))
+
+    async def dispose(self, job: sqlite3.Row) -> None:
+        store, fax4a = self.bridge.store, self.bridge.fax4a
+        assert store is not None and fax4a is not None
+        job_id = job["id"]
+        docs = await asyncio.to_thread(store.job_documents, job_id)
+        push_secret = self.bridge.cfg.retarus.push_password.resolve()
+        try:
+            req = full_request(json.loads(job["request_json"]),
+                               [(d["name"], d["charset"], d["data"]) for d in docs],
+                               push_secret)
+        except ValidationError as exc:
+            await asyncio.to_thread(store.set_job_state, job_id, "held", event="held",
+                                    detail=f"request invalid before sending: {exc}",
+                                    error=str(exc))
+            return
+        try:
+            retarus_id, base = await fax4a.send(req)
+        except (Transient, AuthError) as exc:
+            now = time.time()
+            if now >= job["deadline"]:
+                await asyncio.to_thread(
+                    store.set_job_state, job_id, "failed", event="failed",
+                    detail=f"could not be submitted before the deadline: {exc}",
+                    error=f"Fax service unreachable until the deadline: {exc}")
+                return
+            delay = backoff(job["attempts"], base=2.0, cap=300.0,
+                            retry_after_s=getattr(exc, "retry_after", None))
+            if isinstance(exc, AuthError):
+                log.error("job=%s Retarus refused our credentials: %s", job_id, exc)
+                delay = max(delay, 60.0)
+            await asyncio.to_thread(store.set_job_state, job_id, "deferred", event="deferred",
+                                    detail=f"{exc}; next try in {delay:.0f}s", error=str(exc),
+                                    next_attempt=now + delay)
+            return
+        except Permanent as exc:
+            await asyncio.to_thread(store.set_job_state, job_id, "failed", event="failed",
+                                    detail=f"refused by Fax4A: {exc}",
+                                    error=f"The fax service refused the job: {exc}")
+            return
+        await asyncio.to_thread(store.set_job_state, job_id, "submitted", event="submitted",
+                                detail=f"Retarus jobId {retarus_id} via {base}",
+                                retarus_job_id=retarus_id, datacenter=base)
+        log.info("job=%s message_id=%s submitted as %s", job_id, job["message_id"], retarus_id)
+
+    async def recover(self) -> None:
+        """Jobs left in `submitting` by a crash: the POST may or may not have reached
+        Retarus. Look for our id in the reports' customerDefinedId; if it is not
+        there, hold the job rather than risk sending the fax twice."""
+        store, fax4a = self.bridge.store, self.bridge.fax4a
+        assert store is not None and fax4a is not None
+        stuck = await asyncio.to_thread(store.jobs_in, ("submitting",))
+        if not stuck:
+            return
+        try:
+            reports = await fax4a.list_all_reports()
+        except Exception as exc:  # noqa: BLE001
+            log.error("recovery: cannot list reports (%s); holding %d job(s)", exc, len(stuck))
+            reports = []
+        by_ref = {(r.reference or {}).get("customerDefinedId"): (r, base) for r, base in reports}
+        for job in stuck:
+            found = by_ref.get(job["id"])
+            if found:
+                rep, base = found
+                await asyncio.to_thread(
+                    store.set_job_state, job["id"], "submitted", event="recovered",
+                    detail=f"found at Retarus after restart as {rep.jobId} ({base})",
+                    retarus_job_id=rep.jobId, datacenter=base)
+            else:
+                await asyncio.to_thread(
+                    store.set_job_state, job["id"], "held", event="held",
+                    detail="interrupted while submitting and not found at Retarus; "
+                           "release with `faxbridge jobs release ID` to send it again",
+                    error="interrupted during submission")

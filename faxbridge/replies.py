@@ -1,0 +1,25 @@
+"""The one table of SMTP replies. Enhanced status codes per RFC 3463; texts are
+written for the person whose mail client shows them in a bounce."""
+
+from __future__ import annotations
+
+S250_QUEUED = "250 2.0.0 Queued as {job_id}: fax to {numbers}"
+S250_SENDER_OK = "250 2.1.0 Sender OK"
+S250_RCPT_OK = "250 2.1.5 Fax number {number} OK"
+S421_SHUTDOWN = "421 4.3.2 Service shutting down, try again later"
+S450_RATE = ("450 4.7.1 Rate limit of rule '{rule}' reached ({count} faxes in the last {window});"
+             " try again later")
+S451_STORE = "451 4.3.0 Temporary failure storing your fax; nothing was queued, try again later"
+S451_INTERNAL = "451 4.3.0 Temporary internal error; nothing was queued, try again later"
+S452_TOO_MANY = "452 4.5.3 Too many recipients (at most {limit} per mail)"
+S503_NEED_RCPT = "503 5.5.1 No valid fax recipient; nothing to send"
+S530_AUTH = ("530 5.7.0 Authentication required: your network ({peer}) may only send faxes "
+             "after SMTP AUTH")
+S550_RELAY = ("550 5.7.1 Relaying denied: {domain} is not a fax domain of this server "
+              "(fax domains: {domains})")
+S550_NULL_SENDER = "550 5.7.1 The null sender <> cannot send faxes"
+S550_SENDER = "550 5.7.1 Sender {sender} is not allowed to send faxes (no sender rule matches)"
+S550_DEST = "550 5.7.1 Fax number {number} is blocked by rule '{rule}': {why}"
+S553_NUMBER = "553 5.1.3 Bad fax number in <{address}>: {why}"
+S554_NOTHING = "554 5.6.1 Nothing to fax in this mail: {why}"
+S554_BAD_MIME = "554 5.6.0 The mail could not be read: {why}"

@@ -1,0 +1,88 @@
+"""The HTTP boundary: httpx and Retarus status codes → Transient / Permanent / AuthError.
+
+Status codes per WIRE.md §2.7: 400/404/409 permanent; 401/403 authentication;
+429, 5xx and Retarus' 520 UNKNOWN_ERROR transient. Error bodies are documented as
+"No Content", so nothing here requires a body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import httpx
+
+from faxbridge.errors import AuthError, NotFound, Permanent, Transient
+
+T = TypeVar("T")
+
+
+def retry_after(resp: httpx.Response) -> float | None:
+    """Retry-After as seconds: delta-seconds or HTTP-date (RFC 9110 §10.2.3)."""
+    value = resp.headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def check(resp: httpx.Response, what: str) -> httpx.Response:
+    """Raise the project's error kind for a non-2xx response."""
+    code = resp.status_code
+    if 200 <= code < 300:
+        return resp
+    body = resp.text[:200].strip() if resp.content else ""
+    detail = f"{what}: HTTP {code}" + (f" ({body})" if body else "")
+    if code in (401, 403):
+        raise AuthError(detail + " — credentials refused", status=code)
+    if code == 404:
+        raise NotFound(detail, status=code)
+    if code == 429 or code >= 500:
+        raise Transient(detail, status=code, retry_after=retry_after(resp))
+    raise Permanent(detail, status=code)
+
+
+async def request(client: httpx.AsyncClient, method: str, url: str, what: str,
+                  **kwargs: object) -> httpx.Response:
+    """One HTTP call with library exceptions mapped to Transient."""
+    try:
+        resp = await client.request(method, url, **kwargs)  # type: ignore[arg-type]
+    except httpx.TimeoutException as exc:
+        raise Transient(f"{what}: timeout ({type(exc).__name__})") from exc
+    except httpx.TransportError as exc:
+        raise Transient(f"{what}: connection failed ({type(exc).__name__}: {exc})") from exc
+    return check(resp, what)
+
+
+def backoff(attempt: int, *, base: float = 1.0, cap: float = 300.0,
+            retry_after_s: float | None = None) -> float:
+    """Exponential backoff with full jitter (attempt 1 → up to `base`), capped;
+    a server's Retry-After wins when it asks for longer."""
+    delay = random.uniform(0, min(cap, base * (2 ** max(0, attempt - 1))))
+    if retry_after_s is not None:
+        delay = max(delay, min(retry_after_s, cap))
+    return delay
+
+
+async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = 4,
+                       base: float = 0.5, cap: float = 30.0,
+                       sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> T:
+    """Retry `call` on Transient up to `attempts` times; other errors pass through."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await call()
+        except Transient as exc:
+            if attempt == attempts:
+                raise
+            await sleep(backoff(attempt, base=base, cap=cap, retry_after_s=exc.retry_after))
+    raise AssertionError("unreachable")

@@ -1,0 +1,348 @@
+"""The durable store: the only package that runs SQL.
+
+Every state change is one transaction; workers claim items by state, do one
+thing, and record the outcome, so a restart resumes whatever was unfinished.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from faxbridge.errors import StoreError
+from faxbridge.store.db import Database
+
+OUT_FINAL = ("done", "failed")
+OUT_STATES = ("queued", "submitting", "submitted", "done", "failed", "deferred", "held")
+IN_STATES = ("stored", "acked", "delivered", "deferred", "held")
+
+
+def new_job_id() -> str:
+    # Short, sortable by time, unique: shows up in the 250 reply and in reports.
+    return f"FB{int(time.time()):x}{uuid.uuid4().hex[:10]}".upper()
+
+
+@dataclass
+class NewRecipient:
+    number: str
+    address: str
+    display_name: str | None = None
+
+
+@dataclass
+class NewDocument:
+    name: str
+    content_type: str
+    data: bytes
+    charset: str | None = None
+
+
+@dataclass
+class NewJob:
+    sender: str
+    recipients: list[NewRecipient]
+    documents: list[NewDocument]
+    request: dict[str, Any]
+    raw: bytes
+    deadline: float
+    valid_until: float
+    auth_user: str | None = None
+    message_id: str | None = None
+    subject: str | None = None
+    rule: str | None = None
+    header: str | None = None
+    notify: str = "always"
+    attach_documents: bool = False
+    id: str = field(default_factory=new_job_id)
+
+
+@dataclass
+class SmtpLogRecord:
+    peer: str | None = None
+    helo: str | None = None
+    tls: bool = False
+    auth_user: str | None = None
+    mail_from: str | None = None
+    recipients: list[dict[str, Any]] = field(default_factory=list)
+    message_id: str | None = None
+    subject: str | None = None
+    size: int | None = None
+    parts: list[dict[str, Any]] = field(default_factory=list)
+    reply: str | None = None
+    ok: bool = False
+    job_id: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    ts: float = field(default_factory=time.time)
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        try:
+            self.db = Database(path)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ---------------------------------------------------------------- jobs
+    def create_job(self, job: NewJob, log: SmtpLogRecord | None = None) -> str:
+        """Commit the message, its job, recipients, documents and (optionally) the
+        SMTP log record in one transaction: the 250 may be sent when this returns."""
+        now = time.time()
+        try:
+            with self.db.tx() as c:
+                c.execute(
+                    "INSERT INTO jobs (id,state,created,updated,sender,auth_user,message_id,"
+                    "subject,rule,header,request_json,raw,deadline,valid_until,notify,"
+                    "attach_documents) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (job.id, "queued", now, now, job.sender, job.auth_user, job.message_id,
+                     job.subject, job.rule, job.header, json.dumps(job.request), job.raw,
+                     job.deadline, job.valid_until, job.notify, int(job.attach_documents)))
+                c.executemany(
+                    "INSERT INTO job_recipients (job_id,idx,number,address,display_name) "
+                    "VALUES (?,?,?,?,?)",
+                    [(job.id, i, r.number, r.address, r.display_name)
+                     for i, r in enumerate(job.recipients)])
+                c.executemany(
+                    "INSERT INTO job_documents (job_id,idx,name,content_type,charset,data) "
+                    "VALUES (?,?,?,?,?,?)",
+                    [(job.id, i, d.name, d.content_type, d.charset, d.data)
+                     for i, d in enumerate(job.documents)])
+                self._event(c, job.id, "accepted",
+                            f"from {job.sender}, {len(job.recipients)} recipient(s), "
+                            f"{len(job.documents)} document(s), rule {job.rule}")
+                if log is not None:
+                    log.job_id = job.id
+                    self._insert_log(c, log)
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not commit job: {exc}") from exc
+        return job.id
+
+    @staticmethod
+    def _event(c: sqlite3.Connection, job_id: str, kind: str, detail: str = "") -> None:
+        c.execute("INSERT INTO job_events (job_id,ts,kind,detail) VALUES (?,?,?,?)",
+                  (job_id, time.time(), kind, detail))
+
+    def add_event(self, job_id: str, kind: str, detail: str = "") -> None:
+        with self.db.tx() as c:
+            self._event(c, job_id, kind, detail)
+
+    def claim_job(self, now: float | None = None) -> sqlite3.Row | None:
+        """Take one queued (or due deferred) job and mark it submitting."""
+        now = time.time() if now is None else now
+        with self.db.tx() as c:
+            row = c.execute(
+                "SELECT * FROM jobs WHERE state IN ('queued','deferred') AND next_attempt<=? "
+                "ORDER BY next_attempt, created LIMIT 1", (now,)).fetchone()
+            if row is None:
+                return None
+            c.execute("UPDATE jobs SET state='submitting', attempts=attempts+1, updated=? "
+                      "WHERE id=?", (now, row["id"]))
+            self._event(c, row["id"], "submitting", f"attempt {row['attempts'] + 1}")
+        return self.job(row["id"])
+
+    def job(self, job_id: str) -> sqlite3.Row | None:
+        rows = self.db.query("SELECT * FROM jobs WHERE id=?", (job_id,))
+        return rows[0] if rows else None
+
+    def job_by_retarus_id(self, retarus_job_id: str) -> sqlite3.Row | None:
+        rows = self.db.query("SELECT * FROM jobs WHERE retarus_job_id=?", (retarus_job_id,))
+        return rows[0] if rows else None
+
+    def job_documents(self, job_id: str) -> list[sqlite3.Row]:
+        return self.db.query("SELECT * FROM job_documents WHERE job_id=? ORDER BY idx",
+                             (job_id,))
+
+    def job_recipients(self, job_id: str) -> list[sqlite3.Row]:
+        return self.db.query("SELECT * FROM job_recipients WHERE job_id=? ORDER BY idx",
+                             (job_id,))
+
+    def job_events(self, job_id: str) -> list[sqlite3.Row]:
+        return self.db.query("SELECT * FROM job_events WHERE job_id=? ORDER BY id", (job_id,))
+
+    def set_job_state(self, job_id: str, state: str, *, event: str, detail: str = "",
+                      error: str | None = None, next_attempt: float | None = None,
+                      retarus_job_id: str | None = None, datacenter: str | None = None,
+                      expect: tuple[str, ...] | None = None) -> bool:
+        """One state transition with its timeline event. With `expect`, only applies
+        when the job is in one of those states (so a late push cannot undo a final state)."""
+        assert state in OUT_STATES, state
+        now = time.time()
+        with self.db.tx() as c:
+            if expect is not None:
+                cur = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+                if cur is None or cur["state"] not in expect:
+                    return False
+            c.execute(
+                "UPDATE jobs SET state=?, updated=?, last_error=COALESCE(?, last_error), "
+                "next_attempt=COALESCE(?, next_attempt), "
+                "retarus_job_id=COALESCE(?, retarus_job_id), "
+                "datacenter=COALESCE(?, datacenter) WHERE id=?",
+                (state, now, error, next_attempt, retarus_job_id, datacenter, job_id))
+            self._event(c, job_id, event, detail)
+        return True
+
+    def jobs_in(self, states: tuple[str, ...], limit: int = 1000) -> list[sqlite3.Row]:
+        marks = ",".join("?" * len(states))
+        return self.db.query(
+            f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created LIMIT ?",
+            (*states, limit))
+
+    def list_jobs(self, *, state: str | None = None, sender: str | None = None,
+                  limit: int = 100) -> list[sqlite3.Row]:
+        sql, args = "SELECT * FROM jobs WHERE 1=1", []
+        if state:
+            sql += " AND state=?"
+            args.append(state)
+        if sender:
+            sql += " AND sender=?"
+            args.append(sender.lower())
+        sql += " ORDER BY created DESC LIMIT ?"
+        args.append(limit)
+        return self.db.query(sql, tuple(args))
+
+    def count_jobs_since(self, sender: str, since: float) -> int:
+        rows = self.db.query(
+            "SELECT COUNT(*) FROM jobs WHERE sender=? AND created>=?", (sender, since))
+        return int(rows[0][0])
+
+    # ----------------------------------------------------------- smtp log
+    @staticmethod
+    def _insert_log(c: sqlite3.Connection, r: SmtpLogRecord) -> int:
+        cur = c.execute(
+            "INSERT INTO smtp_log (ts,peer,helo,tls,auth_user,mail_from,recipients_json,"
+            "message_id,subject,size,parts_json,reply,ok,job_id,timings_json) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (r.ts, r.peer, r.helo, int(r.tls), r.auth_user, r.mail_from,
+             json.dumps(r.recipients), r.message_id, r.subject, r.size, json.dumps(r.parts),
+             r.reply, int(r.ok), r.job_id, json.dumps(r.timings)))
+        return int(cur.lastrowid or 0)
+
+    def add_log(self, r: SmtpLogRecord) -> int:
+        with self.db.tx() as c:
+            return self._insert_log(c, r)
+
+    def list_log(self, *, failed: bool = False, sender: str | None = None,
+                 number: str | None = None, since: float | None = None,
+                 limit: int = 100) -> list[sqlite3.Row]:
+        sql, args = "SELECT * FROM smtp_log WHERE 1=1", []
+        if failed:
+            sql += " AND ok=0"
+        if sender:
+            sql += " AND mail_from=?"
+            args.append(sender.lower())
+        if number:
+            sql += " AND recipients_json LIKE ?"
+            args.append(f"%{number}%")
+        if since is not None:
+            sql += " AND ts>=?"
+            args.append(since)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return self.db.query(sql, tuple(args))
+
+    def log_entry(self, log_id: int) -> sqlite3.Row | None:
+        rows = self.db.query("SELECT * FROM smtp_log WHERE id=?", (log_id,))
+        return rows[0] if rows else None
+
+    def prune_log(self, older_than: float) -> int:
+        with self.db.tx() as c:
+            return c.execute("DELETE FROM smtp_log WHERE ts<?", (older_than,)).rowcount
+
+    # ------------------------------------------------------------ inbound
+    def store_inbound(self, fax_id: str, topic: str, metadata: dict[str, Any],
+                      files: list[tuple[str, str, bytes]]) -> bool:
+        """Commit a received fax and its files. False if it was already stored
+        (a re-offered fax whose ack was lost): it is never stored or mailed twice."""
+        now = time.time()
+        key = f"{topic}/{fax_id}"
+        with self.db.tx() as c:
+            if c.execute("SELECT 1 FROM inbound WHERE id=?", (key,)).fetchone():
+                return False
+            c.execute("INSERT INTO inbound (id,topic,state,created,updated,metadata_json) "
+                      "VALUES (?,?,?,?,?,?)",
+                      (key, topic, "stored", now, now, json.dumps(metadata)))
+            c.executemany("INSERT INTO inbound_files (fax_id,idx,name,content_type,data) "
+                          "VALUES (?,?,?,?,?)",
+                          [(key, i, n, t, d) for i, (n, t, d) in enumerate(files)])
+        return True
+
+    def set_inbound_state(self, key: str, state: str, *, error: str | None = None,
+                          next_attempt: float | None = None,
+                          delivered_to: str | None = None) -> None:
+        assert state in IN_STATES, state
+        with self.db.tx() as c:
+            c.execute("UPDATE inbound SET state=?, updated=?, last_error=COALESCE(?,last_error),"
+                      " next_attempt=COALESCE(?,next_attempt),"
+                      " delivered_to=COALESCE(?,delivered_to), attempts=attempts+?"
+                      " WHERE id=?",
+                      (state, time.time(), error, next_attempt, delivered_to,
+                       1 if state == "deferred" else 0, key))
+
+    def inbound(self, key: str) -> sqlite3.Row | None:
+        rows = self.db.query("SELECT * FROM inbound WHERE id=?", (key,))
+        return rows[0] if rows else None
+
+    def inbound_files(self, key: str) -> list[sqlite3.Row]:
+        return self.db.query("SELECT * FROM inbound_files WHERE fax_id=? ORDER BY idx", (key,))
+
+    def inbound_in(self, states: tuple[str, ...], topic: str | None = None,
+                   limit: int = 1000) -> list[sqlite3.Row]:
+        marks = ",".join("?" * len(states))
+        sql = f"SELECT * FROM inbound WHERE state IN ({marks})"
+        args: list[Any] = list(states)
+        if topic:
+            sql += " AND topic=?"
+            args.append(topic)
+        return self.db.query(sql + " ORDER BY created LIMIT ?", (*args, limit))
+
+    def list_inbound(self, limit: int = 100) -> list[sqlite3.Row]:
+        return self.db.query("SELECT * FROM inbound ORDER BY created DESC LIMIT ?", (limit,))
+
+    # ---------------------------------------------------------- mail out
+    def queue_mail(self, kind: str, ref: str | None, mail_from: str, recipients: list[str],
+                   raw: bytes, *, job_event: tuple[str, str] | None = None,
+                   inbound_state: tuple[str, str] | None = None) -> int:
+        """Queue an outgoing mail; optionally in the same transaction record the job
+        event / inbound state that produced it, so a crash cannot produce it twice."""
+        now = time.time()
+        with self.db.tx() as c:
+            cur = c.execute(
+                "INSERT INTO mail_out (state,created,updated,kind,ref,mail_from,"
+                "recipients_json,raw) VALUES ('queued',?,?,?,?,?,?,?)",
+                (now, now, kind, ref, mail_from, json.dumps(recipients), raw))
+            if job_event is not None and ref is not None:
+                c.execute("UPDATE jobs SET reported=1, updated=? WHERE id=?", (now, ref))
+                self._event(c, ref, *job_event)
+            if inbound_state is not None:
+                key, state = inbound_state
+                c.execute("UPDATE inbound SET state=?, updated=? WHERE id=?", (state, now, key))
+            return int(cur.lastrowid or 0)
+
+    def claim_mail(self, now: float | None = None) -> sqlite3.Row | None:
+        now = time.time() if now is None else now
+        rows = self.db.query(
+            "SELECT * FROM mail_out WHERE state='queued' AND next_attempt<=? "
+            "ORDER BY next_attempt, id LIMIT 1", (now,))
+        return rows[0] if rows else None
+
+    def finish_mail(self, mail_id: int, state: str, *, error: str | None = None,
+                    next_attempt: float | None = None) -> None:
+        with self.db.tx() as c:
+            c.execute("UPDATE mail_out SET state=?, updated=?, last_error=COALESCE(?,last_error),"
+                      " next_attempt=COALESCE(?,next_attempt), attempts=attempts+1 WHERE id=?",
+                      (state, time.time(), error, next_attempt, mail_id))
+
+    def list_mail(self, limit: int = 100) -> list[sqlite3.Row]:
+        return self.db.query("SELECT id,state,created,kind,ref,mail_from,recipients_json,"
+                             "attempts,last_error FROM mail_out ORDER BY id DESC LIMIT ?",
+                             (limit,))
+
+    def integrity_check(self) -> str:
+        return str(self.db.query("PRAGMA integrity_check")[0][0])

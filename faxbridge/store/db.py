@@ -1,0 +1,207 @@
+"""SQLite connection, pragmas, schema and migrations.
+
+WAL + synchronous=FULL: a commit is on disk when `commit()` returns, so the SMTP
+250 and the Fax2WSPull ack that follow it are truthful (SQLite docs "WAL mode":
+with synchronous=FULL a transaction is durable across power loss).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# Each entry migrates from version i to i+1. Append only; never edit a shipped one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,            -- queued submitting submitted done failed deferred held
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        sender TEXT NOT NULL,
+        auth_user TEXT,
+        message_id TEXT,
+        subject TEXT,
+        rule TEXT,
+        header TEXT,
+        request_json TEXT NOT NULL,     -- the FaxJobRequest minus document data
+        raw BLOB,                       -- the message as received
+        retarus_job_id TEXT,
+        datacenter TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL DEFAULT 0,
+        deadline REAL NOT NULL,
+        valid_until REAL NOT NULL,
+        last_error TEXT,
+        notify TEXT NOT NULL DEFAULT 'always',
+        attach_documents INTEGER NOT NULL DEFAULT 0,
+        reported INTEGER NOT NULL DEFAULT 0,
+        report_deleted INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX jobs_state ON jobs(state, next_attempt);
+    CREATE INDEX jobs_sender ON jobs(sender, created);
+    CREATE INDEX jobs_retarus ON jobs(retarus_job_id);
+    CREATE TABLE job_recipients (
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        number TEXT NOT NULL,
+        address TEXT NOT NULL,
+        display_name TEXT,
+        status TEXT,
+        reason TEXT,
+        sent_ts TEXT,
+        duration INTEGER,
+        pages INTEGER,
+        remote_csid TEXT,
+        sent_to_number TEXT,
+        PRIMARY KEY (job_id, idx)
+    );
+    CREATE TABLE job_documents (
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        charset TEXT,
+        data BLOB NOT NULL,
+        PRIMARY KEY (job_id, idx)
+    );
+    CREATE TABLE job_events (
+        id INTEGER PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        ts REAL NOT NULL,
+        kind TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX job_events_job ON job_events(job_id, id);
+    CREATE TABLE inbound (
+        id TEXT PRIMARY KEY,            -- Fax2WSPull fax id, scoped by topic
+        topic TEXT NOT NULL,
+        state TEXT NOT NULL,            -- stored acked delivered deferred held
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        metadata_json TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL DEFAULT 0,
+        last_error TEXT,
+        delivered_to TEXT
+    );
+    CREATE INDEX inbound_state ON inbound(state, next_attempt);
+    CREATE TABLE inbound_files (
+        fax_id TEXT NOT NULL REFERENCES inbound(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (fax_id, idx)
+    );
+    CREATE TABLE smtp_log (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        peer TEXT,
+        helo TEXT,
+        tls INTEGER NOT NULL DEFAULT 0,
+        auth_user TEXT,
+        mail_from TEXT,
+        recipients_json TEXT NOT NULL DEFAULT '[]',
+        message_id TEXT,
+        subject TEXT,
+        size INTEGER,
+        parts_json TEXT NOT NULL DEFAULT '[]',
+        reply TEXT,
+        ok INTEGER NOT NULL DEFAULT 0,
+        job_id TEXT,
+        timings_json TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX smtp_log_ts ON smtp_log(ts);
+    CREATE TABLE mail_out (
+        id INTEGER PRIMARY KEY,
+        state TEXT NOT NULL,            -- queued sent failed
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        kind TEXT NOT NULL,             -- report, inbound
+        ref TEXT,                       -- job id or inbound fax id
+        mail_from TEXT NOT NULL,
+        recipients_json TEXT NOT NULL,
+        raw BLOB NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    CREATE INDEX mail_out_state ON mail_out(state, next_attempt);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
+                           timeout=30.0)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    migrate(conn)
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"database schema {version} is newer than this faxbridge "
+                           f"({SCHEMA_VERSION}); refusing to touch it")
+    for i in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _statements(MIGRATIONS[i]):
+                conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version={i + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return SCHEMA_VERSION
+
+
+def _statements(script: str) -> Iterator[str]:
+    buf = ""
+    for line in script.splitlines():
+        line = line.split("--", 1)[0]
+        buf += line + "\n"
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                yield buf.strip()
+            buf = ""
+
+
+class Database:
+    """One connection shared under a lock; every write is one transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn = connect(path)
+        self.lock = threading.RLock()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        with self.lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
+        with self.lock:
+            return self.conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()

@@ -1,0 +1,15 @@
+"""The long-running workers of `faxbridge serve`."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from faxbridge.outbound.submit import Submitter
+
+if TYPE_CHECKING:
+    from faxbridge.app import Bridge
+
+
+def workers_for(bridge: Bridge) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+    return [("submit", Submitter(bridge).run())]

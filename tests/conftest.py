@@ -1,0 +1,148 @@
+"""Shared fixtures: a real simulator and a real bridge on 127.0.0.1 port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from faxbridge.app import Bridge
+from faxbridge.config import Config, SenderRule, embedded_default, parse
+from faxbridge.retarus.fax4a import Fax4AClient, Fax4AEndpoints, make_client
+from faxbridge.simulator.app import SimState, build_app
+from faxbridge.web.server import HttpServer
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+SHARED = ROOT.parent / "shared" / "reference" / "retarus"
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[tuple[SimState, str]]:
+    state = SimState(complete_after=0.3)
+    server = HttpServer(build_app(state), "127.0.0.1:0")
+    await server.start()
+    yield state, server.url
+    await server.stop()
+
+
+@pytest.fixture
+async def fax4a(sim: tuple[SimState, str]) -> AsyncIterator[Fax4AClient]:
+    _, url = sim
+    client = make_client("faxbridge", "simulator", 5.0)
+    yield Fax4AClient(Fax4AEndpoints("99999TE", f"{url}/fax4a/ha-de/rest/v1",
+                                     (f"{url}/fax4a/de1/rest/v1", f"{url}/fax4a/de2/rest/v1")),
+                      client)
+    await client.aclose()
+
+
+def bridge_config(tmp_path: Path, **sections: Any) -> Config:
+    """The embedded default, on free ports, in tmp_path, with section overrides."""
+    base = embedded_default().model_dump(mode="python")
+    base["smtp"]["listen"] = "127.0.0.1:0"
+    base["http"]["listen"] = "127.0.0.1:0"
+    base["simulator"]["listen"] = "127.0.0.1:0"
+    base["simulator"]["complete_after"] = 0.3
+    base["storage"]["data_dir"] = tmp_path / "data"
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return parse(base)
+
+
+@pytest.fixture
+async def make_bridge(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    bridges: list[Bridge] = []
+
+    async def start(cfg: Config | None = None, **sections: Any) -> Bridge:
+        bridge = Bridge(cfg or bridge_config(tmp_path, **sections))
+        await bridge.start()
+        bridges.append(bridge)
+        return bridge
+
+    yield start
+    for b in bridges:
+        await b.stop()
+
+
+def loopback_rule(**kw: Any) -> SenderRule:
+    return SenderRule(name=kw.pop("name", "loopback"), match=("net:127.0.0.0/8",), **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_for(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+async def sim_jobs(url: str) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient() as c:
+        return (await c.get(f"{url}/_sim/jobs")).json()
+
+
+class Proc:
+    """A faxbridge subprocess (for kill -9 tests)."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.log = cwd / f"proc-{time.monotonic_ns()}.log"
+        self.fh = self.log.open("wb")
+        self.p = subprocess.Popen([sys.executable, "-m", "faxbridge", *args], cwd=cwd,
+                                  stdout=self.fh, stderr=subprocess.STDOUT,
+                                  env={**os.environ, **(env or {})})
+
+    def wait_output(self, text: str, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.log.read_text(errors="replace")
+            if text in out:
+                return out
+            if self.p.poll() is not None:
+                raise AssertionError(f"process exited early:\n{out}")
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not seen:\n{self.log.read_text(errors='replace')}")
+
+    def kill9(self) -> None:
+        self.p.kill()
+        self.p.wait()
+        self.fh.close()
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.fh.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for p in started:
+        p.stop()

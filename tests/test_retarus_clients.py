@@ -1,0 +1,265 @@
+"""Fax4A and Fax2WSPull clients against the simulator over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import httpx
+import pytest
+
+from faxbridge.errors import AuthError, NotFound, Permanent, Transient
+from faxbridge.retarus.fax4a import Fax4AClient, Fax4AEndpoints, make_client
+from faxbridge.retarus.http import with_retries
+from faxbridge.retarus.models import FaxJobRequest
+from faxbridge.retarus.pull import PullClient
+from tests.conftest import free_port
+
+PDF = b"%PDF-1.4\n1 0 obj<</Type /Page>>endobj\n2 0 obj<</Type /Page>>endobj\n%%EOF\n"
+
+
+def job(number: str = "+4989123456", ref: str | None = "FB-1") -> FaxJobRequest:
+    return FaxJobRequest.model_validate({
+        "reference": {"customerDefinedId": ref} if ref else None,
+        "recipients": [{"number": number}],
+        "documents": [{"name": "doc.pdf", "data": base64.b64encode(PDF).decode()}],
+    })
+
+
+async def control(url: str, path: str, body: dict) -> None:
+    async with httpx.AsyncClient() as c:
+        r = await c.post(f"{url}/_sim/{path}", json=body)
+        assert r.status_code == 200, r.text
+
+
+async def test_send_report_pending_then_final_on_exactly_one_dc(sim, fax4a):
+    _, url = sim
+    job_id, base = await fax4a.send(job())
+    assert job_id.startswith("FJ") and base.endswith("/ha-de/rest/v1")
+    rep, dc = await fax4a.get_report(job_id)
+    assert rep.recipientStatus[0].status == "PENDING" and not rep.final
+    # exactly one data center has it: the other answers 404
+    async with httpx.AsyncClient(auth=("faxbridge", "simulator")) as c:
+        codes = sorted([(await c.get(f"{u}/99999TE/fax/reports/{job_id}")).status_code
+                        for u in fax4a.ep.datacenter_urls])
+    assert codes == [200, 404]
+    await asyncio.sleep(0.4)
+    rep2, dc2 = await fax4a.get_report(job_id)
+    assert dc2 == dc and rep2.final
+    assert rep2.recipientStatus[0].status == "OK" and rep2.pages == 2
+    assert rep2.reference == {"customerDefinedId": "FB-1"}
+
+
+async def test_report_found_only_on_second_datacenter(sim, fax4a):
+    state, url = sim
+    await control(url, "config", {"ha_route": {"ha-de": "de2"}})
+    job_id, _ = await fax4a.send(job())
+    rep, dc = await fax4a.get_report(job_id)
+    assert dc.endswith("/de2/rest/v1") and rep.jobId == job_id
+    assert [c["dc"] for c in state.calls if c["endpoint"] == "report"] == ["de1", "de2"]
+
+
+async def test_unknown_report_is_not_found(fax4a):
+    with pytest.raises(NotFound):
+        await fax4a.get_report("FJUNKNOWN")
+
+
+async def test_outcome_busy(sim, fax4a):
+    _, url = sim
+    await control(url, "outcomes", {"pattern": "+4930*", "status": "BUSY"})
+    job_id, _ = await fax4a.send(job("+4930123456"))
+    await asyncio.sleep(0.4)
+    rep, _ = await fax4a.get_report(job_id)
+    assert rep.recipientStatus[0].status == "BUSY" and rep.pages == 0
+
+
+async def test_failover_when_ha_refuses_connections(sim):
+    _, url = sim
+    dead = f"http://127.0.0.1:{free_port()}/rest/v1"
+    async with make_client("faxbridge", "simulator", 5.0) as http:
+        client = Fax4AClient(Fax4AEndpoints("99999TE", dead, (f"{url}/fax4a/de1/rest/v1",
+                                                             f"{url}/fax4a/de2/rest/v1")), http)
+        job_id, base = await client.send(job())
+        assert base.endswith("/de1/rest/v1")
+        rep, dc = await client.get_report(job_id)
+        assert dc == base
+
+
+async def test_failover_when_ha_answers_503(sim, fax4a):
+    state, url = sim
+    await control(url, "faults", {"endpoint": "send", "dc": "ha-de", "count": 1, "status": 503})
+    job_id, base = await fax4a.send(job())
+    assert base.endswith("/de1/rest/v1")
+    assert [c["dc"] for c in state.calls if c["endpoint"] == "send"] == ["ha-de", "de1"]
+
+
+async def test_500_on_send_is_transient_and_not_failed_over(sim, fax4a):
+    state, url = sim
+    await control(url, "faults", {"endpoint": "send", "count": 1, "status": 520})
+    with pytest.raises(Transient) as exc:
+        await fax4a.send(job())
+    assert exc.value.status == 520
+    assert len(state.jobs) == 0
+
+
+async def test_dropped_connection_is_transient(sim, fax4a):
+    _, url = sim
+    await control(url, "faults", {"endpoint": "report", "count": 2, "drop": True})
+    job_id, _ = await fax4a.send(job())
+    with pytest.raises(Transient):
+        await fax4a.get_report(job_id)
+
+
+async def test_wrong_password_is_auth_error(sim):
+    _, url = sim
+    async with make_client("faxbridge", "wrong", 5.0) as http:
+        client = Fax4AClient(Fax4AEndpoints("99999TE", f"{url}/fax4a/ha-de/rest/v1",
+                                            (f"{url}/fax4a/de1/rest/v1",)), http)
+        with pytest.raises(AuthError) as exc:
+            await client.send(job())
+        assert exc.value.status == 401
+
+
+async def test_invalid_document_name_gets_400(sim, fax4a):
+    state, _ = sim
+    bad = job()
+    bad.documents[0].name = "my invoice (final).pdf"  # assignment skips validation
+    with pytest.raises(Permanent) as exc:
+        await fax4a.send(bad)
+    assert exc.value.status == 400 and not state.jobs
+
+
+def test_client_refuses_invalid_requests_before_sending():
+    with pytest.raises(ValueError, match="32 characters"):
+        FaxJobRequest.model_validate({"recipients": [{"number": "+49891"}],
+                                      "documents": [{"name": "x" * 33 + ".pdf", "data": "QQ=="}]})
+    with pytest.raises(ValueError):
+        FaxJobRequest.model_validate({"recipients": [{"number": "+49891"}],
+                                      "documents": [{"name": "a.txt", "data": "QQ==",
+                                                     "charset": "latin1"}]})
+    with pytest.raises(ValueError, match="document or a cover page"):
+        FaxJobRequest.model_validate({"recipients": [{"number": "+49891"}]})
+    with pytest.raises(ValueError):
+        FaxJobRequest.model_validate({"recipients": [], "documents": [
+            {"name": "a.pdf", "data": "QQ=="}]})
+    with pytest.raises(ValueError):
+        FaxJobRequest.model_validate({"recipients": [{"number": "+49"}],
+                                      "transportOptions": {"csid": "x" * 21},
+                                      "documents": [{"name": "a.pdf", "data": "QQ=="}]})
+
+
+async def test_retry_after_is_honoured(sim, fax4a):
+    _, url = sim
+    await control(url, "faults", {"endpoint": "list", "dc": "de1", "count": 1, "status": 429,
+                                  "retry_after": 7})
+    slept: list[float] = []
+
+    async def fake_sleep(s: float) -> None:  # records instead of waiting 7 s
+        slept.append(s)
+
+    reports = await with_retries(lambda: fax4a.list_reports(fax4a.ep.datacenter_urls[0]),
+                                 sleep=fake_sleep)
+    assert reports == [] and len(slept) == 1 and slept[0] >= 7
+
+
+async def test_list_bulk_delete_and_delete_oldest(sim, fax4a):
+    _, url = sim
+    await control(url, "config", {"ha_route": {"ha-de": "de1"}})
+    ids = [(await fax4a.send(job(ref=f"FB-{i}")))[0] for i in range(5)]
+    de1 = fax4a.ep.datacenter_urls[0]
+    assert await fax4a.list_reports(de1) == []  # not completed yet: not listed
+    await asyncio.sleep(0.4)
+    listed = await fax4a.list_all_reports()
+    assert sorted(r.jobId for r, _ in listed) == sorted(ids)
+    got = await fax4a.bulk("get", ids[:2] + ["FJNOPE"], de1)
+    assert sorted(r.jobId for r in got) == sorted(ids[:2])
+    deleted = await fax4a.bulk("DELETE", [ids[0], "FJNOPE"], de1)
+    assert [(d.jobId, d.deleted, d.reason) for d in deleted] == [
+        (ids[0], True, None), ("FJNOPE", False, "NOT_FOUND")]
+    one = await fax4a.delete_report(ids[1])
+    assert one.deleted and one.jobId == ids[1]
+    again = await fax4a.delete_report(ids[1])
+    assert not again.deleted and again.reason == "NOT_FOUND"
+    oldest = await fax4a.delete_oldest(de1)
+    assert sorted(d.jobId for d in oldest) == sorted(ids[2:])
+    assert await fax4a.list_reports(de1) == []
+
+
+async def test_bulk_is_chunked_to_1000(sim, fax4a):
+    state, _ = sim
+    out = await fax4a.bulk("GET", [f"FJX{i}" for i in range(2500)], fax4a.ep.datacenter_urls[0])
+    assert out == []
+    assert len([c for c in state.calls if c["endpoint"] == "bulk"]) == 3
+
+
+# ---------------------------------------------------------------- Fax2WSPull
+async def inject(url: str, topic: str = "demo", **kw) -> str:
+    async with httpx.AsyncClient() as c:
+        r = await c.post(f"{url}/_sim/inbound", json={"topic": topic, **kw})
+        assert r.status_code == 201
+        return r.json()["id"]
+
+
+async def test_pull_lock_reoffer_and_ack_via_next(sim):
+    _, url = sim
+    a = await inject(url)
+    b = await inject(url)
+    pull = PullClient(f"{url}/faxin/rest/v1", "99999TE", "simulator")
+    try:
+        first = await pull.poll("demo", fetch=1)
+        assert [f.id for f in first.results] == [a]
+        # locked: a second fetch does not see it
+        second = await pull.poll("demo", fetch=10)
+        assert [f.id for f in second.results] == [b]
+        # the next URL of the first response acks `a` and fetches what is unlocked
+        third = await pull.follow(first.meta.next)
+        assert third.results == []
+        # let b's lock run out (timeout=0 lock): b comes back, a never does
+        await pull.poll("demo", fetch=0)
+        again = await pull.poll("demo", fetch=10)
+        assert again.results == []  # b is still locked for 60 s
+    finally:
+        await pull.aclose()
+
+
+async def test_pull_reoffer_after_lock_and_ack_via_exit(sim):
+    state, url = sim
+    state.lock_seconds = 0.2
+    fid = await inject(url, documents=[{"data": base64.b64encode(PDF).decode(),
+                                        "extension": "pdf"}])
+    pull = PullClient(f"{url}/faxin/rest/v1", "99999TE", "simulator")
+    try:
+        r1 = await pull.poll("demo", fetch=5)
+        assert [f.id for f in r1.results] == [fid]
+        data, ctype = await pull.download(r1.results[0].documents[0].url)
+        assert data == PDF and ctype == "application/pdf"
+        await asyncio.sleep(0.3)
+        r2 = await pull.poll("demo", fetch=5)  # not acknowledged: offered again
+        assert [f.id for f in r2.results] == [fid]
+        await pull.follow(r2.meta.exit, "exit")  # ack only
+        await asyncio.sleep(0.3)
+        r3 = await pull.poll("demo", fetch=5)
+        assert r3.results == []  # acknowledged faxes never return
+    finally:
+        await pull.aclose()
+
+
+async def test_pull_ack_with_ids_parameter_and_wrong_password(sim):
+    state, url = sim
+    state.lock_seconds = 0.1
+    fid = await inject(url, topic="t2")
+    pull = PullClient(f"{url}/faxin/rest/v1", "99999TE", "simulator")
+    bad = PullClient(f"{url}/faxin/rest/v1", "99999TE", "nope")
+    try:
+        with pytest.raises(AuthError):
+            await bad.poll("t2", fetch=1)
+        r = await pull.poll("t2", fetch=1)
+        assert r.results[0].id == fid
+        await pull.poll("t2", fetch=0, ack_ids=[fid])
+        await asyncio.sleep(0.2)
+        assert (await pull.poll("t2", fetch=1)).results == []
+        with pytest.raises(NotFound):
+            await pull.download(f"{url}/faxin/rest/v1/files/nope.pdf")
+    finally:
+        await pull.aclose()
+        await bad.aclose()
