@@ -69,7 +69,7 @@ class Bridge:
         cfg = self.cfg
         data_dir = cfg.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(data_dir / "faxbridge.sqlite3")
+        self.store = Store(data_dir / "faxbridge.sqlite3", cfg.storage.busy_timeout_ms)
         if cfg.retarus.mode == "simulator" and not cfg.retarus.send_url:
             self.sim_state = SimState(customer_number=cfg.retarus.customer_number,
                                       username=cfg.retarus.username,

@@ -261,6 +261,8 @@ class MailConfig(Model):
 class StorageConfig(Model):
     data_dir: Path = Path("faxbridge-data")
     smtp_log_retention_days: int = Field(default=90, gt=0)
+    # How long a commit waits for a lock before the SMTP client gets 451 4.3.0.
+    busy_timeout_ms: int = Field(default=10000, ge=0)
 
 
 class HttpConfig(Model):

@@ -189,8 +189,8 @@ class FaxHandler:
             self.flush(session)
             return rec.reply
         # Display names come from the To/Cc headers (the envelope has none).
-        names = _display_names(raw)
-        fax = [(num, addr, names.get(addr.lower()), pretty) for num, addr, _, pretty in tx.fax]
+        names = _display_names(raw, cfg.fax.default_country)
+        fax = [(num, addr, names.get(num), pretty) for num, addr, _, pretty in tx.fax]
         header = header_line(subject, cfg.fax.header_template, cfg.fax.header_max_length,
                              sender=envelope.mail_from or "", number=fax[0][3])
         now = time.time()
@@ -244,7 +244,9 @@ def _log_failure(fut: asyncio.Future[Any]) -> None:
         log.error("could not write SMTP log record: %s", fut.exception())
 
 
-def _display_names(raw: bytes) -> dict[str, str]:
+def _display_names(raw: bytes, country: str) -> dict[str, str]:
+    """E.164 number → display name, from the To/Cc headers (keyed by number: the
+    header may spell the address differently from the envelope)."""
     from email.header import decode_header, make_header
     from email.parser import BytesHeaderParser
     from email.utils import getaddresses
@@ -258,5 +260,7 @@ def _display_names(raw: bytes) -> dict[str, str]:
         if name and addr:
             with contextlib.suppress(Exception):
                 name = str(make_header(decode_header(name)))
-            out[addr.lower()] = name.strip()
+            parsed = parse_number(split_address(addr)[0], country)
+            if parsed.ok:
+                out[parsed.number] = name.strip()
     return out

@@ -81,9 +81,9 @@ class SmtpLogRecord:
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout_ms: int = 10000) -> None:
         try:
-            self.db = Database(path)
+            self.db = Database(path, busy_timeout_ms)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
 

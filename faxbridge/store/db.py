@@ -137,15 +137,15 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, busy_timeout_ms: int = 10000) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
-                           timeout=30.0)
+                           timeout=busy_timeout_ms / 1000)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     migrate(conn)
     return conn
 
@@ -182,9 +182,9 @@ def _statements(script: str) -> Iterator[str]:
 class Database:
     """One connection shared under a lock; every write is one transaction."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout_ms: int = 10000) -> None:
         self.path = path
-        self.conn = connect(path)
+        self.conn = connect(path, busy_timeout_ms)
         self.lock = threading.RLock()
 
     @contextmanager

@@ -1,0 +1,74 @@
+"""A step-by-step SMTP client for tests: every reply of the transaction is kept,
+so a test can assert the exact code of each stage. Runs smtplib in a thread
+(the bridge runs in the test's event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import smtplib
+import ssl
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+
+
+@dataclass
+class Transcript:
+    ehlo: tuple[int, str] = (0, "")
+    mail: tuple[int, str] = (0, "")
+    rcpt: list[tuple[int, str]] = field(default_factory=list)
+    data: tuple[int, str] | None = None
+
+    @property
+    def job_id(self) -> str | None:
+        if self.data and self.data[0] == 250 and "Queued as " in self.data[1]:
+            return self.data[1].split("Queued as ", 1)[1].split(":", 1)[0]
+        return None
+
+
+def _send(host: str, port: int, mail_from: str, rcpts: list[str], raw: bytes,
+          login: tuple[str, str] | None, starttls: bool) -> Transcript:
+    t = Transcript()
+    with smtplib.SMTP(host, port, timeout=30) as s:
+        code, msg = s.ehlo()
+        t.ehlo = (code, msg.decode())
+        if starttls:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            s.starttls(context=ctx)
+            s.ehlo()
+        if login:
+            s.login(*login)
+        code, msg = s.mail(mail_from)
+        t.mail = (code, msg.decode())
+        if code != 250:
+            return t
+        for r in rcpts:
+            code, msg = s.rcpt(r)
+            t.rcpt.append((code, msg.decode()))
+        if not any(c == 250 for c, _ in t.rcpt):
+            s.rset()
+            return t
+        code, msg = s.data(raw)
+        t.data = (code, msg.decode())
+    return t
+
+
+async def send(address: str, msg: EmailMessage | bytes, *, mail_from: str | None = None,
+               rcpts: list[str] | None = None, login: tuple[str, str] | None = None,
+               starttls: bool = False) -> Transcript:
+    host, _, port = address.rpartition(":")
+    if isinstance(msg, EmailMessage):
+        mail_from = mail_from if mail_from is not None else msg["From"]
+        if rcpts is None:
+            from email.utils import getaddresses
+            rcpts = [a for _, a in getaddresses(msg.get_all("To", []) + msg.get_all("Cc", []))]
+        raw = msg.as_bytes()
+    else:
+        raw = msg
+    # Mail clients send CRLF (RFC 5321 §2.3.8); smtplib passes bytes through as-is.
+    raw = re.sub(rb"\r?\n", b"\r\n", raw)
+    assert mail_from is not None and rcpts is not None
+    return await asyncio.to_thread(_send, host, int(port), mail_from, rcpts, raw, login,
+                                   starttls)
