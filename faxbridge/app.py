@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 
@@ -19,6 +22,7 @@ from faxbridge.store import Store
 from faxbridge.web.server import HttpServer
 
 log = logging.getLogger("faxbridge")
+T = TypeVar("T")
 
 SIM_PASSWORD = "simulator"  # the embedded simulator's own credentials; never a real secret
 
@@ -63,6 +67,20 @@ class Bridge:
         self._stopping = asyncio.Event()
         self.submit_wakeup = asyncio.Event()
         self.on_started: list[Callable[[], None]] = []
+        # Own thread pools: store commits (serialised by the store's lock anyway) and
+        # MIME parsing must not queue behind other users of asyncio's default pool.
+        self._db_pool = ThreadPoolExecutor(4, thread_name_prefix="store")
+        self._cpu_pool = ThreadPoolExecutor(2, thread_name_prefix="parse")
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """Run a blocking store call off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._db_pool, functools.partial(fn, *args, **kw))
+
+    async def cpu(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """Run CPU-bound work (MIME parsing) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._cpu_pool, functools.partial(fn, *args, **kw))
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -121,6 +139,8 @@ class Bridge:
                 await srv.stop()
         if self._http is not None:
             await self._http.aclose()
+        self._cpu_pool.shutdown(wait=True)
+        self._db_pool.shutdown(wait=True)
         if self.store is not None:
             self.store.close()
 

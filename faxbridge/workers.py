@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from faxbridge.housekeeping import housekeeping
 from faxbridge.outbound.submit import Submitter
 
 if TYPE_CHECKING:
@@ -12,4 +13,4 @@ if TYPE_CHECKING:
 
 
 def workers_for(bridge: Bridge) -> list[tuple[str, Coroutine[Any, Any, None]]]:
-    return [("submit", Submitter(bridge).run())]
+    return [("submit", Submitter(bridge).run()), ("housekeeping", housekeeping(bridge))]

@@ -60,3 +60,12 @@ def test_schema_version_and_wal(tmp_path):
     s.set_job_state(job.id, "done", event="done")
     assert not s.set_job_state(job.id, "submitted", event="x", expect=("submitting",))
     assert s.job(job.id)["state"] == "done"
+
+
+def test_smtp_log_retention_prunes_only_old_records(tmp_path):
+    from faxbridge.store import SmtpLogRecord
+    s = Store(tmp_path / "x.sqlite3")
+    s.add_log(SmtpLogRecord(ts=time.time() - 100 * 86400, reply="old"))
+    s.add_log(SmtpLogRecord(reply="new"))
+    assert s.prune_log(time.time() - 90 * 86400) == 1
+    assert [r["reply"] for r in s.list_log()] == ["new"]

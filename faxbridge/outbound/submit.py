@@ -38,7 +38,7 @@ class Submitter:
         store = self.bridge.store
         assert store is not None
         while True:
-            job = await asyncio.to_thread(store.claim_job)
+            job = await self.bridge.db(store.claim_job)
             if job is None:
                 self.bridge.submit_wakeup.clear()
                 with contextlib.suppress(TimeoutError):
@@ -48,7 +48,7 @@ class Submitter:
                 await self.dispose(job)
             except Exception as exc:  # noqa: BLE001 - never let one job stop the worker
                 log.exception("job=%s unexpected error; holding it", job["id"])
-                await asyncio.to_thread(store.set_job_state, job["id"], "held",
+                await self.bridge.db(store.set_job_state, job["id"], "held",
                                         event="held", detail=f"unexpected error: {exc!r}",
                                         error=repr(exc))
 
@@ -56,14 +56,14 @@ class Submitter:
         store, fax4a = self.bridge.store, self.bridge.fax4a
         assert store is not None and fax4a is not None
         job_id = job["id"]
-        docs = await asyncio.to_thread(store.job_documents, job_id)
+        docs = await self.bridge.db(store.job_documents, job_id)
         push_secret = self.bridge.cfg.retarus.push_password.resolve()
         try:
             req = full_request(json.loads(job["request_json"]),
                                [(d["name"], d["charset"], d["data"]) for d in docs],
                                push_secret)
         except ValidationError as exc:
-            await asyncio.to_thread(store.set_job_state, job_id, "held", event="held",
+            await self.bridge.db(store.set_job_state, job_id, "held", event="held",
                                     detail=f"request invalid before sending: {exc}",
                                     error=str(exc))
             return
@@ -72,7 +72,7 @@ class Submitter:
         except (Transient, AuthError) as exc:
             now = time.time()
             if now >= job["deadline"]:
-                await asyncio.to_thread(
+                await self.bridge.db(
                     store.set_job_state, job_id, "failed", event="failed",
                     detail=f"could not be submitted before the deadline: {exc}",
                     error=f"Fax service unreachable until the deadline: {exc}")
@@ -82,16 +82,16 @@ class Submitter:
             if isinstance(exc, AuthError):
                 log.error("job=%s Retarus refused our credentials: %s", job_id, exc)
                 delay = max(delay, 60.0)
-            await asyncio.to_thread(store.set_job_state, job_id, "deferred", event="deferred",
+            await self.bridge.db(store.set_job_state, job_id, "deferred", event="deferred",
                                     detail=f"{exc}; next try in {delay:.0f}s", error=str(exc),
                                     next_attempt=now + delay)
             return
         except Permanent as exc:
-            await asyncio.to_thread(store.set_job_state, job_id, "failed", event="failed",
+            await self.bridge.db(store.set_job_state, job_id, "failed", event="failed",
                                     detail=f"refused by Fax4A: {exc}",
                                     error=f"The fax service refused the job: {exc}")
             return
-        await asyncio.to_thread(store.set_job_state, job_id, "submitted", event="submitted",
+        await self.bridge.db(store.set_job_state, job_id, "submitted", event="submitted",
                                 detail=f"Retarus jobId {retarus_id} via {base}",
                                 retarus_job_id=retarus_id, datacenter=base)
         log.info("job=%s message_id=%s submitted as %s", job_id, job["message_id"], retarus_id)
@@ -102,7 +102,7 @@ class Submitter:
         there, hold the job rather than risk sending the fax twice."""
         store, fax4a = self.bridge.store, self.bridge.fax4a
         assert store is not None and fax4a is not None
-        stuck = await asyncio.to_thread(store.jobs_in, ("submitting",))
+        stuck = await self.bridge.db(store.jobs_in, ("submitting",))
         if not stuck:
             return
         try:
@@ -115,12 +115,12 @@ class Submitter:
             found = by_ref.get(job["id"])
             if found:
                 rep, base = found
-                await asyncio.to_thread(
+                await self.bridge.db(
                     store.set_job_state, job["id"], "submitted", event="recovered",
                     detail=f"found at Retarus after restart as {rep.jobId} ({base})",
                     retarus_job_id=rep.jobId, datacenter=base)
             else:
-                await asyncio.to_thread(
+                await self.bridge.db(
                     store.set_job_state, job["id"], "held", event="held",
                     detail="interrupted while submitting and not found at Retarus; "
                            "release with `faxbridge jobs release ID` to send it again",

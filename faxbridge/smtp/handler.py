@@ -75,7 +75,7 @@ class FaxHandler:
         if store is None:
             return
         # Off the event loop: a commit waits for fsync.
-        fut = asyncio.get_running_loop().run_in_executor(None, store.add_log, tx.record)
+        fut = asyncio.ensure_future(self.bridge.db(store.add_log, tx.record))
         fut.add_done_callback(_log_failure)
 
     @staticmethod
@@ -94,7 +94,7 @@ class FaxHandler:
             tx.record.reply = replies.S530_AUTH.format(peer=peer)
             self.flush(session)
             return tx.record.reply
-        if address == "":
+        if address in ("", "<>"):
             # A null sender cannot be told the fax's outcome, and bounces must never
             # become faxes (a mail loop costs money per page).
             tx.record.reply = replies.S550_NULL_SENDER
@@ -140,7 +140,7 @@ class FaxHandler:
         if not ok:
             return replies.S550_DEST.format(number=parsed.pretty, rule=rule.name, why=why), entry
         if tx.rule is None and (rule.max_per_hour or rule.max_per_day):
-            limited = await asyncio.to_thread(self._rate_limited, rule, who.sender)
+            limited = await self.bridge.db(self._rate_limited, rule, who.sender)
             if limited:
                 return limited, entry
         tx.rule = rule
@@ -172,7 +172,7 @@ class FaxHandler:
         rule = tx.rule
         cfg = self.cfg
         try:
-            ext = await asyncio.to_thread(extract, raw, cfg.fax.allowed_types, rule.body)
+            ext = await self.bridge.cpu(extract, raw, cfg.fax.allowed_types, rule.body)
         except Exception as exc:  # noqa: BLE001 - the parser must never crash a session
             log.exception("MIME parsing failed")
             rec.reply = replies.S554_BAD_MIME.format(why=str(exc)[:200])
@@ -217,7 +217,7 @@ class FaxHandler:
         store = self.bridge.store
         assert store is not None
         try:
-            await asyncio.to_thread(store.create_job, job, rec)
+            await self.bridge.db(store.create_job, job, rec)
         except StoreError as exc:
             log.error("store failure, answering 451: %s", exc)
             rec.ok, rec.job_id = False, None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -23,7 +22,7 @@ def build_web_app(bridge: Bridge) -> Starlette:
         ok = True
         try:
             assert bridge.store is not None
-            await asyncio.to_thread(bridge.store.db.query, "SELECT 1")
+            await bridge.db(bridge.store.db.query, "SELECT 1")
             checks["store"] = "ok"
         except Exception as exc:  # noqa: BLE001
             checks["store"] = f"error: {exc}"

@@ -1,0 +1,147 @@
+"""The submission worker against simulator faults, and kill -9 while mail streams in."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import threading
+import time
+from email.message import EmailMessage
+
+import httpx
+
+from faxbridge.store import Store
+from tests.conftest import Proc, free_port, sim_jobs, wait_for
+from tests.smtp_client import send
+
+
+def mail(n: int = 0) -> EmailMessage:
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = "alice@example.com", "+4989123456@fax.local", f"m{n}"
+    m.set_content(f"mail number {n}")
+    return m
+
+
+async def fault(url: str, **body) -> None:
+    async with httpx.AsyncClient() as c:
+        assert (await c.post(f"{url}/_sim/faults", json=body)).status_code == 200
+
+
+async def state_of(bridge, job_id: str, states: tuple[str, ...]):
+    return await wait_for(lambda: (j := bridge.store.job(job_id)) and j["state"] in states and j,
+                          timeout=20)
+
+
+async def test_transient_errors_are_retried(make_bridge):
+    bridge = await make_bridge()
+    # every send URL fails twice with 520 UNKNOWN_ERROR (not failed over: may be accepted)
+    await fault(bridge.sim_url, endpoint="send", count=2, status=520)
+    t = await send(bridge.smtp_address, mail())
+    job = await state_of(bridge, t.job_id, ("submitted",))
+    events = [e["kind"] for e in bridge.store.job_events(t.job_id)]
+    assert events.count("deferred") == 2 and job["attempts"] == 3
+    assert len(await sim_jobs(bridge.sim_url)) == 1
+
+
+async def test_permanent_error_fails_at_once_with_reason(make_bridge):
+    bridge = await make_bridge()
+    await fault(bridge.sim_url, endpoint="send", count=1, status=409)
+    t = await send(bridge.smtp_address, mail())
+    job = await state_of(bridge, t.job_id, ("failed",))
+    assert "HTTP 409" in job["last_error"] and job["attempts"] == 1
+    assert await sim_jobs(bridge.sim_url) == []
+
+
+async def test_deadline_turns_transient_into_failed(make_bridge):
+    bridge = await make_bridge(fax={"submit_deadline_seconds": 1})
+    await fault(bridge.sim_url, endpoint="send", count=100, status=503)
+    t = await send(bridge.smtp_address, mail())
+    job = await state_of(bridge, t.job_id, ("failed",))
+    assert "before the deadline" in [e for e in bridge.store.job_events(t.job_id)][-1]["detail"]
+    assert "503" in job["last_error"]
+
+
+async def test_wrong_retarus_password_defers_not_fails(make_bridge, monkeypatch):
+    monkeypatch.setenv("FB_TEST_PW", "wrong")
+    bridge = await make_bridge(retarus={"password": {"env": "FB_TEST_PW"}})
+    # the embedded simulator takes the configured password; break it after start
+    bridge.sim_state.password = "rotated"
+    t = await send(bridge.smtp_address, mail())
+    job = await state_of(bridge, t.job_id, ("deferred",))
+    assert "401" in job["last_error"] and job["next_attempt"] > time.time() + 30
+
+
+def stream_ids(address: str, accepted: list[str], stop: threading.Event) -> None:
+    host, port = address.split(":")
+    n = 0
+    while not stop.is_set():
+        n += 1
+        try:
+            with smtplib.SMTP(host, int(port), timeout=5) as s:
+                s.ehlo()
+                s.mail("alice@example.com")
+                s.rcpt("+4989123456@fax.local")
+                code, msg = s.data(mail(n).as_bytes().replace(b"\n", b"\r\n"))
+        except (OSError, smtplib.SMTPException):
+            return
+        if code == 250:
+            accepted.append(msg.decode().split("Queued as ")[1].split(":")[0])
+
+
+async def test_kill9_while_streaming_every_250_is_submitted_exactly_once(tmp_path, procs):
+    sim_port, smtp_port, http_port = free_port(), free_port(), free_port()
+    sim = Proc(["simulator", "--listen", f"127.0.0.1:{sim_port}", "--complete-after", "0"],
+               tmp_path)
+    procs.append(sim)
+    sim.wait_output("Retarus simulator on")
+    s = f"http://127.0.0.1:{sim_port}"
+    cfg = tmp_path / "bridge.toml"
+    cfg.write_text(f"""
+[retarus]
+send_url = "{s}/fax4a/ha-de/rest/v1"
+datacenter_urls = ["{s}/fax4a/de1/rest/v1", "{s}/fax4a/de2/rest/v1"]
+[[senders]]
+name = "all"
+match = ["*"]
+[storage]
+data_dir = "{tmp_path / 'data'}"
+""")
+    args = ["serve", "--config", str(cfg), "--smtp-listen", f"127.0.0.1:{smtp_port}",
+            "--http-listen", f"127.0.0.1:{http_port}"]
+    accepted: list[str] = []
+    for round_ in range(3):
+        bridge = Proc(args, tmp_path)
+        procs.append(bridge)
+        bridge.wait_output("faxbridge listening")
+        stop = threading.Event()
+        threads = [threading.Thread(target=stream_ids, args=(f"127.0.0.1:{smtp_port}",
+                                                             accepted, stop)) for _ in range(3)]
+        for th in threads:
+            th.start()
+        await asyncio.sleep(1.0 + 0.4 * round_)
+        bridge.kill9()
+        stop.set()
+        for th in threads:
+            th.join()
+    assert len(accepted) > 10, "the stream delivered too little to test anything"
+    final = Proc(args, tmp_path)
+    procs.append(final)
+    final.wait_output("faxbridge listening")
+    store = Store(tmp_path / "data" / "faxbridge.sqlite3")
+    try:
+        def settled() -> bool:
+            rows = store.db.query("SELECT state FROM jobs")
+            return all(r["state"] in ("submitted", "held", "done", "failed") for r in rows)
+        await wait_for(settled, timeout=30)
+        assert store.integrity_check() == "ok"
+        received = [(j["request"]["reference"]["customerDefinedId"])
+                    for j in await sim_jobs(s)]
+        assert len(received) == len(set(received)), "a fax was sent twice"
+        for job_id in accepted:
+            row = store.job(job_id)
+            assert row is not None, f"250 for {job_id} but no job"
+            assert received.count(job_id) == 1 or row["state"] == "held", (job_id, row["state"])
+        held = [job_id for job_id in accepted if store.job(job_id)["state"] == "held"]
+        assert not held, f"held after recovery: {held}"
+    finally:
+        store.close()
