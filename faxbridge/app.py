@@ -95,7 +95,8 @@ class Bridge:
                                       pull_password=SIM_PASSWORD,
                                       complete_after=cfg.simulator.complete_after,
                                       lock_seconds=cfg.simulator.lock_seconds)
-            self.sim_server = HttpServer(build_app(self.sim_state), cfg.simulator.listen)
+            self.sim_server = HttpServer(build_app(self.sim_state), cfg.simulator.listen,
+                                         "simulator.listen")
             await self.sim_server.start()
             self.sim_url = self.sim_server.url
         password = cfg.retarus.password.resolve() or (
@@ -108,7 +109,7 @@ class Bridge:
             Fax4AEndpoints(cfg.retarus.customer_number, cfg.send_url(self.sim_url),
                            cfg.datacenter_urls(self.sim_url)), self._http)
         from faxbridge.web.app import build_web_app
-        self.http_server = HttpServer(build_web_app(self), cfg.http.listen)
+        self.http_server = HttpServer(build_web_app(self), cfg.http.listen, "http.listen")
         await self.http_server.start()
         await self._start_smtp()
         self._start_workers()
@@ -172,7 +173,11 @@ class Bridge:
 
 async def run(cfg: Config, *, print_fn: Callable[[str], None] = print) -> None:
     bridge = Bridge(cfg)
-    await bridge.start()
+    try:
+        await bridge.start()
+    except BaseException:
+        await bridge.stop()
+        raise
     addrs = bridge.addresses()
     print_fn(f"faxbridge listening: SMTP {addrs.get('smtp')}, HTTP {addrs.get('http')}"
              + (f", simulator {addrs['simulator']}" if "simulator" in addrs else ""))

@@ -53,6 +53,12 @@ def _since(value: str | None) -> float | None:
         raise SystemExit(f"--since: expected e.g. 2h, 30m, 7d or 2026-11-22, got {value!r}") from None
 
 
+def _public(row: Any) -> dict[str, Any]:
+    """A job row without the raw message and stored request (sqlite3.Row iterates
+    values, so go through dict())."""
+    return {k: v for k, v in dict(row).items() if k not in ("raw", "request_json")}
+
+
 def _print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
@@ -69,7 +75,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.config is None:
         print("no --config given: running on the embedded default (Retarus simulator, "
               "Maildir, SQLite); loopback may fax any valid number")
-    asyncio.run(run(cfg, print_fn=lambda s: print(s, flush=True)))
+    from faxbridge.web.server import ListenError
+    try:
+        asyncio.run(run(cfg, print_fn=lambda s: print(s, flush=True)))
+    except ListenError as exc:
+        print(f"faxbridge: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -207,7 +218,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         events = [dict(e) for e in store.job_events(args.id)]
         docs = [{"name": d["name"], "type": d["content_type"], "size": len(d["data"])}
                 for d in store.job_documents(args.id)]
-        info = {k: job[k] for k in job if k not in ("raw", "request_json")}
+        info = _public(job)
         if args.json:
             _print_json({**info, "recipients": recips, "documents": docs, "events": events})
             return 0
@@ -235,8 +246,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return 0
     rows = store.list_jobs(state=args.state, sender=args.sender, limit=args.limit)
     if args.json:
-        _print_json([{k: r[k] for k in r if k not in ("raw", "request_json")}
-                     for r in rows])
+        _print_json([_public(r) for r in rows])
         return 0
     for r in rows:
         print(f"{r['id']}  {_ts(r['created'])}  {r['state']:<10} {r['sender']:<28} "

@@ -69,6 +69,6 @@ async def start_smtp(bridge: Bridge) -> tuple[asyncio.base_events.Server, str]:
             loop=asyncio.get_running_loop(),
         )
 
-    sock = bind(cfg.listen)
+    sock = bind(cfg.listen, "smtp.listen")
     server = await asyncio.get_running_loop().create_server(factory, sock=sock)
     return server, address(sock)

@@ -11,13 +11,21 @@ from typing import Any
 import uvicorn
 
 
-def bind(listen: str) -> socket.socket:
+class ListenError(OSError):
+    """A listener could not bind; the message names the address and why."""
+
+
+def bind(listen: str, what: str = "listener") -> socket.socket:
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, int(port)))
+    try:
+        sock.bind((host, int(port)))
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {listen} ({what}): {exc.strerror}") from None
     sock.listen(128)
     sock.setblocking(False)
     return sock
@@ -29,8 +37,8 @@ def address(sock: socket.socket) -> str:
 
 
 class HttpServer:
-    def __init__(self, app: Any, listen: str) -> None:
-        self.sock = bind(listen)
+    def __init__(self, app: Any, listen: str, what: str = "HTTP") -> None:
+        self.sock = bind(listen, what)
         self.address = address(self.sock)
         self.url = f"http://{self.address}"
         config = uvicorn.Config(app, log_level="warning", lifespan="off",
