@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import secrets
 import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +67,18 @@ class Bridge:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self.submit_wakeup = asyncio.Event()
+        self.mail_wakeup = asyncio.Event()
+        # kind → coroutine(row, refused|error): the inbound issue hooks its states here.
+        self.mail_sent_hooks: dict[str, Callable[..., Any]] = {}
+        self.mail_failed_hooks: dict[str, Callable[..., Any]] = {}
+        from faxbridge.mail.compose import Composer
+        from faxbridge.mail.transport import make_transport
+        self.composer = Composer(cfg.mail.template_dir, cfg.smtp.hostname)
+        self.transport = make_transport(cfg.mail, cfg.storage.data_dir)
+        # The status push secret: configured, or (simulator) a random one per run that
+        # travels to the simulator inside each job, like the real credentials would.
+        self.push_secret = cfg.retarus.push_password.resolve() or (
+            secrets.token_urlsafe(18) if cfg.retarus.mode == "simulator" else None)
         self.on_started: list[Callable[[], None]] = []
         # Own thread pools: store commits (serialised by the store's lock anyway) and
         # MIME parsing must not queue behind other users of asyncio's default pool.
@@ -147,6 +160,8 @@ class Bridge:
 
     def push_url(self) -> str | None:
         """Where Retarus should POST status pushes: configured, or (simulator) ours."""
+        if self.push_secret is None:
+            return None  # no credentials to protect the webhook: do not ask for pushes
         if self.cfg.retarus.push_url:
             return self.cfg.retarus.push_url
         if self.cfg.retarus.mode == "simulator" and self.http_server is not None:

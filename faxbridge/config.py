@@ -162,6 +162,9 @@ class FaxConfig(Model):
     submit_deadline_seconds: int = Field(default=3600, gt=0)
     # How long to keep following a job's report before giving up.
     job_valid_seconds: int = Field(default=86400, gt=0)
+    # Report polling: first poll after the min, then doubling up to the max.
+    report_poll_min_seconds: float = Field(default=10.0, gt=0)
+    report_poll_max_seconds: float = Field(default=300.0, gt=0)
 
     @field_validator("domains")
     @classmethod
@@ -256,6 +259,11 @@ class MailConfig(Model):
     relay: RelayConfig = RelayConfig()
     template_dir: Path | None = None
     fallback_mailbox: str = "postmaster@localhost"
+    # Relay down or 4xx: retry with backoff from retry_min up to retry_max seconds,
+    # and give up (mail marked failed, visible to the admin) after give_up_after.
+    retry_min_seconds: float = Field(default=5.0, gt=0)
+    retry_max_seconds: float = Field(default=600.0, gt=0)
+    give_up_after_seconds: float = Field(default=5 * 86400, gt=0)
 
 
 class StorageConfig(Model):

@@ -6,11 +6,15 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from faxbridge.housekeeping import housekeeping
+from faxbridge.mail.worker import Mailer
 from faxbridge.outbound.submit import Submitter
+from faxbridge.outbound.track import ReportCleaner, Tracker
 
 if TYPE_CHECKING:
     from faxbridge.app import Bridge
 
 
 def workers_for(bridge: Bridge) -> list[tuple[str, Coroutine[Any, Any, None]]]:
-    return [("submit", Submitter(bridge).run()), ("housekeeping", housekeeping(bridge))]
+    return [("submit", Submitter(bridge).run()), ("track", Tracker(bridge).run()),
+            ("mail", Mailer(bridge).run()), ("report-cleanup", ReportCleaner(bridge).run()),
+            ("housekeeping", housekeeping(bridge))]

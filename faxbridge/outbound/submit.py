@@ -57,7 +57,7 @@ class Submitter:
         assert store is not None and fax4a is not None
         job_id = job["id"]
         docs = await self.bridge.db(store.job_documents, job_id)
-        push_secret = self.bridge.cfg.retarus.push_password.resolve()
+        push_secret = self.bridge.push_secret
         try:
             req = full_request(json.loads(job["request_json"]),
                                [(d["name"], d["charset"], d["data"]) for d in docs],
@@ -72,10 +72,8 @@ class Submitter:
         except (Transient, AuthError) as exc:
             now = time.time()
             if now >= job["deadline"]:
-                await self.bridge.db(
-                    store.set_job_state, job_id, "failed", event="failed",
-                    detail=f"could not be submitted before the deadline: {exc}",
-                    error=f"Fax service unreachable until the deadline: {exc}")
+                await self.not_submitted(
+                    job, f"The fax service could not be reached before the deadline ({exc}).")
                 return
             delay = backoff(job["attempts"], base=2.0, cap=300.0,
                             retry_after_s=getattr(exc, "retry_after", None))
@@ -87,14 +85,21 @@ class Submitter:
                                     next_attempt=now + delay)
             return
         except Permanent as exc:
-            await self.bridge.db(store.set_job_state, job_id, "failed", event="failed",
-                                    detail=f"refused by Fax4A: {exc}",
-                                    error=f"The fax service refused the job: {exc}")
+            await self.not_submitted(job, f"The fax service refused the job ({exc}).")
             return
         await self.bridge.db(store.set_job_state, job_id, "submitted", event="submitted",
                                 detail=f"Retarus jobId {retarus_id} via {base}",
                                 retarus_job_id=retarus_id, datacenter=base)
         log.info("job=%s message_id=%s submitted as %s", job_id, job["message_id"], retarus_id)
+
+    async def not_submitted(self, job: sqlite3.Row, error: str) -> None:
+        """Fail a job that never reached Retarus, with its "could not be sent" report."""
+        from faxbridge.outbound.track import finish
+        recipients = await self.bridge.db(self.bridge.store.job_recipients, job["id"])
+        results = [{"idx": r["idx"], "number": r["number"], "display_name": r["display_name"],
+                    "status": "NOT_SENT", "reason": "not submitted"} for r in recipients]
+        await finish(self.bridge, job, results=results, submitted=False, source="submit",
+                     error=error, expect=("submitting",))
 
     async def recover(self) -> None:
         """Jobs left in `submitting` by a crash: the POST may or may not have reached

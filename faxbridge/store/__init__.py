@@ -188,6 +188,61 @@ class Store:
             self._event(c, job_id, event, detail)
         return True
 
+    def finish_job(self, job_id: str, state: str, *, event: str, detail: str,
+                   recipients: list[dict[str, Any]] | None = None, error: str | None = None,
+                   datacenter: str | None = None,
+                   mail: tuple[str, list[str], bytes] | None = None,
+                   expect: tuple[str, ...] = ("submitted",)) -> bool:
+        """Record a job's final outcome, its per-recipient results and its report mail
+        in one transaction. Applies only from an `expect`ed state, so a second report
+        (poll after push, duplicate push) changes nothing and mails nothing."""
+        assert state in OUT_FINAL, state
+        now = time.time()
+        with self.db.tx() as c:
+            cur = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if cur is None or cur["state"] not in expect:
+                return False
+            for r in recipients or []:
+                c.execute("UPDATE job_recipients SET status=?, reason=?, sent_ts=?, duration=?,"
+                          " pages=?, remote_csid=?, sent_to_number=? WHERE job_id=? AND idx=?",
+                          (r.get("status"), r.get("reason"), r.get("sent_ts"), r.get("duration"),
+                           r.get("pages"), r.get("remote_csid"), r.get("sent_to_number"),
+                           job_id, r["idx"]))
+            c.execute("UPDATE jobs SET state=?, updated=?, last_error=COALESCE(?, last_error), "
+                      "datacenter=COALESCE(?, datacenter) WHERE id=?",
+                      (state, now, error, datacenter, job_id))
+            self._event(c, job_id, event, detail)
+            if mail is not None:
+                mail_from, rcpts, raw = mail
+                c.execute("INSERT INTO mail_out (state,created,updated,kind,ref,mail_from,"
+                          "recipients_json,raw) VALUES ('queued',?,?,?,?,?,?,?)",
+                          (now, now, "report", job_id, mail_from, json.dumps(rcpts), raw))
+                c.execute("UPDATE jobs SET reported=1 WHERE id=?", (job_id,))
+                self._event(c, job_id, "report-queued", f"report mail to {', '.join(rcpts)}")
+        return True
+
+    def reports_to_delete(self, limit: int = 1000) -> list[sqlite3.Row]:
+        return self.db.query(
+            "SELECT id, retarus_job_id, datacenter FROM jobs WHERE state IN ('done','failed') "
+            "AND retarus_job_id IS NOT NULL AND report_deleted=0 LIMIT ?", (limit,))
+
+    def mark_reports_deleted(self, job_ids: list[str], detail: str) -> None:
+        with self.db.tx() as c:
+            for job_id in job_ids:
+                c.execute("UPDATE jobs SET report_deleted=1 WHERE id=?", (job_id,))
+                self._event(c, job_id, "report-deleted", detail)
+
+    def due_submitted(self, now: float, limit: int = 100) -> list[sqlite3.Row]:
+        return self.db.query("SELECT * FROM jobs WHERE state='submitted' AND next_attempt<=? "
+                             "ORDER BY next_attempt LIMIT ?", (now, limit))
+
+    def schedule_poll(self, job_id: str, next_attempt: float, detail: str | None) -> None:
+        with self.db.tx() as c:
+            c.execute("UPDATE jobs SET next_attempt=?, updated=? WHERE id=?",
+                      (next_attempt, time.time(), job_id))
+            if detail:
+                self._event(c, job_id, "poll", detail)
+
     def jobs_in(self, states: tuple[str, ...], limit: int = 1000) -> list[sqlite3.Row]:
         marks = ",".join("?" * len(states))
         return self.db.query(

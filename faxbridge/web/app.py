@@ -1,16 +1,38 @@
-"""The bridge's HTTP app: health, readiness (more with the operations issue)."""
+"""The bridge's HTTP app: health, readiness, and the Retarus status push webhook."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import logging
+import secrets
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from faxbridge.retarus.models import FaxReport
+
 if TYPE_CHECKING:
     from faxbridge.app import Bridge
+
+log = logging.getLogger("faxbridge.web")
+
+
+def basic_ok(request: Request, user: str, password: str | None) -> bool:
+    if not password:
+        return False
+    header = request.headers.get("authorization", "")
+    if not header.lower().startswith("basic "):
+        return False
+    try:
+        got = base64.b64decode(header[6:]).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    return secrets.compare_digest(got.encode(), f"{user}:{password}".encode())
 
 
 def build_web_app(bridge: Bridge) -> Starlette:
@@ -31,4 +53,34 @@ def build_web_app(bridge: Bridge) -> Starlette:
         ok = ok and bridge.smtp_address is not None
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
-    return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz)])
+    async def push(request: Request) -> Response:
+        """Retarus status push (WIRE.md §4): JSON, Basic auth. Answers 2xx only after
+        the outcome is committed; an unknown or already final job changes nothing."""
+        if not basic_ok(request, bridge.cfg.retarus.push_username, bridge.push_secret):
+            return Response("authentication required\n", status_code=401,
+                            headers={"WWW-Authenticate": 'Basic realm="faxbridge push"'})
+        ctype = request.headers.get("content-type", "")
+        if "json" not in ctype:
+            return JSONResponse({"error": "only JSON status pushes are supported; ask Retarus "
+                                          "for the JSON push format"}, status_code=415)
+        try:
+            report = FaxReport.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return JSONResponse({"error": f"not a fax report: {exc.errors()[:3]}"},
+                                status_code=400)
+        store = bridge.store
+        assert store is not None
+        job = await bridge.db(store.job_by_retarus_id, report.jobId)
+        if job is None:
+            log.warning("status push for unknown Retarus job %s ignored", report.jobId)
+            return JSONResponse({"status": "unknown job, ignored"})
+        statuses = ", ".join(r.status for r in report.recipientStatus)
+        await bridge.db(store.add_event, job["id"], "push", f"status push: {statuses}")
+        if not report.final:
+            return JSONResponse({"status": "not final, noted"})
+        from faxbridge.outbound.track import apply_report
+        changed = await apply_report(bridge, job, report, "push")
+        return JSONResponse({"status": "recorded" if changed else "already final"})
+
+    return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz),
+                             Route("/retarus/push", push, methods=["POST"])])

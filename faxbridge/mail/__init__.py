@@ -1,0 +1,1 @@
+"""Outgoing mail: compose (Jinja → EmailMessage) and transports (SMTP relay, Maildir)."""

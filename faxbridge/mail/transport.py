@@ -1,0 +1,89 @@
+"""Mail transports: a Maildir per recipient address (the embedded default) and an
+SMTP relay through aiosmtplib. Errors map to Transient (relay down, 4xx) or
+Permanent (5xx for every recipient)."""
+
+from __future__ import annotations
+
+import asyncio
+import mailbox
+import re
+import ssl
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+
+from faxbridge.config import RelayConfig
+from faxbridge.errors import Permanent, Transient
+
+
+class Transport(Protocol):
+    async def send(self, mail_from: str, recipients: list[str], raw: bytes) -> list[str]:
+        """Deliver; returns the recipients refused while others were accepted."""
+        ...
+
+
+def maildir_path(root: Path, address: str) -> Path:
+    # One Maildir per address under <data-dir>/mail/<address>/ (DESIGN.md "Fixed points");
+    # the address is made safe as a directory name.
+    safe = re.sub(r"[^A-Za-z0-9@._+-]", "_", address.lower()).lstrip(".") or "_"
+    return root / safe
+
+
+class MaildirTransport:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _deliver(self, recipients: list[str], raw: bytes) -> None:
+        for rcpt in recipients:
+            self.root.mkdir(parents=True, exist_ok=True)
+            box = mailbox.Maildir(str(maildir_path(self.root, rcpt)), create=True)
+            box.add(raw)  # written to tmp/, fsynced by the OS rename into new/
+            box.close()
+
+    async def send(self, mail_from: str, recipients: list[str], raw: bytes) -> list[str]:
+        try:
+            await asyncio.to_thread(self._deliver, recipients, raw)
+        except OSError as exc:
+            raise Transient(f"Maildir delivery failed: {exc}") from exc
+        return []
+
+
+class SmtpRelayTransport:
+    def __init__(self, cfg: RelayConfig) -> None:
+        self.cfg = cfg
+
+    async def send(self, mail_from: str, recipients: list[str], raw: bytes) -> list[str]:
+        cfg = self.cfg
+        ctx = ssl.create_default_context()
+        password = cfg.password.resolve()
+        try:
+            errors, _ = await aiosmtplib.send(
+                raw, sender=mail_from, recipients=recipients, hostname=cfg.host,
+                port=cfg.port, use_tls=cfg.tls == "implicit",
+                start_tls=cfg.tls == "starttls",
+                tls_context=ctx if cfg.tls != "none" else None,
+                username=cfg.username, password=password if cfg.username else None,
+                timeout=cfg.timeout)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [r.code for r in exc.recipients]
+            detail = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
+            if all(500 <= c < 600 for c in codes):
+                raise Permanent(f"relay refused every recipient: {detail}") from exc
+            raise Transient(f"relay deferred: {detail}") from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            if 500 <= exc.code < 600:
+                raise Permanent(f"relay answered {exc.code} {exc.message}",
+                                status=exc.code) from exc
+            raise Transient(f"relay answered {exc.code} {exc.message}", status=exc.code) from exc
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            raise Transient(f"relay {cfg.host}:{cfg.port} unreachable: {exc}") from exc
+        # Some recipients refused while others were accepted: the mail is out; the
+        # refusals are reported, never retried into duplicates for the others.
+        return [f"{rcpt}: {resp.code} {resp.message}" for rcpt, resp in errors.items()]
+
+
+def make_transport(mail_cfg, data_dir: Path) -> Transport:  # noqa: ANN001
+    if mail_cfg.transport == "smtp":
+        return SmtpRelayTransport(mail_cfg.relay)
+    return MaildirTransport(data_dir / "mail")

@@ -1,0 +1,66 @@
+"""The status report mail of a job (pure apart from the composer's templates)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import phonenumbers
+
+from faxbridge.outbound.statuses import explain
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from faxbridge.mail.compose import Composer
+
+EVENTS = ("delivered", "partial", "failed", "notsubmitted")
+
+
+def pretty(number: str) -> str:
+    try:
+        return phonenumbers.format_number(phonenumbers.parse(number),
+                                          phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    except phonenumbers.NumberParseException:
+        return number
+
+
+def event_for(results: list[dict[str, Any]], submitted: bool) -> str:
+    if not submitted:
+        return "notsubmitted"
+    ok = [r for r in results if (r.get("status") or "").upper() == "OK"]
+    if len(ok) == len(results):
+        return "delivered"
+    return "partial" if ok else "failed"
+
+
+def wanted(notify: str, event: str) -> bool:
+    if notify == "never":
+        return False
+    if notify == "failure":
+        return event != "delivered"
+    return True
+
+
+def build_report(composer: Composer, job: sqlite3.Row, recipients: list[dict[str, Any]],
+                 event: str, *, mail_from: str, pages: int | None = None,
+                 error: str | None = None,
+                 documents: list[tuple[str, str, bytes]] = ()) -> bytes:
+    rows = []
+    for r in recipients:
+        what, todo = explain(r.get("status"))
+        rows.append({"number": pretty(r["number"]), "name": r.get("display_name"),
+                     "status": r.get("status") or "-", "reason": r.get("reason") or "",
+                     "explanation": what, "advice": todo, "sent_ts": r.get("sent_ts"),
+                     "duration": r.get("duration"), "pages": r.get("pages"),
+                     "remote_csid": r.get("remote_csid")})
+    failed = [x for x in rows if x["status"].upper() != "OK"]
+    ctx = {
+        "event": event, "job_id": job["id"], "retarus_job_id": job["retarus_job_id"],
+        "subject": job["subject"] or "", "sender": job["sender"], "recipients": rows,
+        "failed": failed, "pages": pages, "error": error,
+        "target": rows[0]["number"] if len(rows) == 1 else f"{len(rows)} recipients",
+        "documents": [name for name, _, _ in documents],
+    }
+    msg = composer.compose(f"report.{event}", ctx, mail_from=mail_from, to=[job["sender"]],
+                           in_reply_to=job["message_id"], attachments=list(documents))
+    return msg.as_bytes()
