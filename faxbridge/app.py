@@ -68,6 +68,8 @@ class Bridge:
         self._stopping = asyncio.Event()
         self.submit_wakeup = asyncio.Event()
         self.mail_wakeup = asyncio.Event()
+        self.inbound_wakeup = asyncio.Event()
+        self.topic_states: dict[str, Any] = {}
         # kind → coroutine(row, refused|error): the inbound issue hooks its states here.
         self.mail_sent_hooks: dict[str, Callable[..., Any]] = {}
         self.mail_failed_hooks: dict[str, Callable[..., Any]] = {}

@@ -254,6 +254,43 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inbox(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.action == "resend":
+        from faxbridge.inbound.deliver import addresses_for, compose_fax_mail
+        from faxbridge.mail.compose import Composer
+        cfg = _load(args.config)
+        row = store.inbound(args.id) or next(
+            (r for r in store.list_inbound(1000) if r["fax_id"] == args.id), None)
+        if row is None:
+            print(f"no received fax {args.id}")
+            return 1
+        topic = next((t for t in cfg.topics if t.name == row["topic"]), None)
+        to = args.to or (addresses_for(topic, json.loads(row["metadata_json"])) if topic
+                         else [cfg.mail.fallback_mailbox])
+        raw = compose_fax_mail(Composer(cfg.mail.template_dir, cfg.smtp.hostname),
+                               cfg.mail.from_address, row, store.inbound_files(row["id"]), to,
+                               note="Sent again at the administrator's request.")
+        store.queue_mail("inbound", row["id"], cfg.mail.from_address, to, raw,
+                         inbound_state=(row["id"], "mailing"))
+        print(f"fax {row['id']} queued again for {', '.join(to)} (the running bridge sends it)")
+        return 0
+    rows = store.list_inbound(args.limit)
+    out = [{"id": r["id"], "fax_id": r["fax_id"], "topic": r["topic"], "state": r["state"],
+            "acked": bool(r["acked"]), "received": r["created"],
+            "delivered_to": r["delivered_to"], "last_error": r["last_error"],
+            "metadata": json.loads(r["metadata_json"]),
+            "files": [f["name"] for f in store.inbound_files(r["id"])]} for r in rows]
+    if args.json:
+        _print_json(out)
+        return 0
+    for r in out:
+        print(f"{r['id']:<22} {_ts(r['received'])}  {r['state']:<9} "
+              f"{'acked' if r['acked'] else 'unacked':<7} {r['delivered_to'] or '-'}"
+              + (f"  ({r['last_error']})" if r["last_error"] else ""))
+    return 0
+
+
 def cmd_hash_password(args: argparse.Namespace) -> int:
     import getpass
 
@@ -321,6 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_jobs)
 
+    s = with_config(sub.add_parser("inbox", help="received faxes"))
+    s.add_argument("action", nargs="?", choices=["list", "resend"], default="list")
+    s.add_argument("id", nargs="?", help="fax id (topic/id or the Retarus id)")
+    s.add_argument("--to", action="append", metavar="ADDR", help="(resend) other address(es)")
+    s.add_argument("--data-dir")
+    s.add_argument("--limit", type=int, default=100)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_inbox)
+
     s = sub.add_parser("hash-password", help="hash an SMTP AUTH password for the config")
     s.add_argument("--password", help="(default: prompt)")
     s.set_defaults(func=cmd_hash_password)
@@ -334,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     # aiosmtpd logs every command line at INFO; our SMTP log has the decisions.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    if getattr(args, "action", None) in ("show", "release") and not args.id:
+    if getattr(args, "action", None) in ("show", "release", "resend") and not args.id:
         print(f"faxbridge {args.command} {args.action}: an ID is required", file=sys.stderr)
         return 2
     try:

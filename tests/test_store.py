@@ -53,9 +53,9 @@ def test_schema_version_and_wal(tmp_path):
                  documents=[NewDocument("a.txt", "text/plain", b"hi", "UTF-8")], request={},
                  raw=b"", deadline=0, valid_until=0)
     s.create_job(job)
-    claimed = s.claim_job()
-    assert claimed["id"] == job.id and claimed["state"] == "submitting"
-    assert s.claim_job() is None
+    assert s.next_job()["id"] == job.id
+    assert s.claim_job(job.id) and s.job(job.id)["state"] == "submitting"
+    assert not s.claim_job(job.id) and s.next_job() is None
     # a final state cannot be undone by a late transition guarded with expect=
     s.set_job_state(job.id, "done", event="done")
     assert not s.set_job_state(job.id, "submitted", event="x", expect=("submitting",))

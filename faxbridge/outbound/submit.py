@@ -38,7 +38,7 @@ class Submitter:
         store = self.bridge.store
         assert store is not None
         while True:
-            job = await self.bridge.db(store.claim_job)
+            job = await self.bridge.db(store.next_job)
             if job is None:
                 self.bridge.submit_wakeup.clear()
                 with contextlib.suppress(TimeoutError):
@@ -64,9 +64,14 @@ class Submitter:
                                push_secret)
         except ValidationError as exc:
             await self.bridge.db(store.set_job_state, job_id, "held", event="held",
-                                    detail=f"request invalid before sending: {exc}",
-                                    error=str(exc))
+                                 detail=f"request invalid before sending: {exc}",
+                                 error=str(exc), expect=("queued", "deferred"))
             return
+        # Everything is prepared: claim, then POST at once (a crash in between is
+        # the only window recovery cannot decide; it is kept as small as possible).
+        if not await self.bridge.db(store.claim_job, job_id):
+            return
+        job = await self.bridge.db(store.job, job_id)
         try:
             retarus_id, base = await fax4a.send(req)
         except (Transient, AuthError) as exc:

@@ -103,6 +103,7 @@ class SimFax:
 
 @dataclass
 class Fault:
+    after: int  # let this many matching calls pass first
     endpoint: str
     dc: str | None
     remaining: int
@@ -150,6 +151,9 @@ class SimState:
     def take_fault(self, endpoint: str, dc: str | None) -> Fault | None:
         for f in self.faults:
             if f.remaining > 0 and f.endpoint in (endpoint, "any") and f.dc in (None, dc):
+                if f.after > 0:
+                    f.after -= 1
+                    return None
                 f.remaining -= 1
                 return f
         return None
@@ -450,7 +454,10 @@ def build_app(state: SimState) -> FaultLayer:
     async def sim_faults(request: Request) -> Response:
         try:
             b = json.loads(await request.body())
-            f = Fault(endpoint=b.get("endpoint", "any"), dc=b.get("dc"),
+            if b.get("clear"):
+                state.faults = []
+                return JSONResponse({"ok": True, "faults": 0})
+            f = Fault(after=int(b.get("after", 0)), endpoint=b.get("endpoint", "any"), dc=b.get("dc"),
                       remaining=int(b.get("count", 1)), status=b.get("status"),
                       delay=float(b.get("delay", 0)), drop=bool(b.get("drop", False)),
                       retry_after=(str(b["retry_after"]) if b.get("retry_after") is not None

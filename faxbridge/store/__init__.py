@@ -19,7 +19,7 @@ from faxbridge.store.db import Database
 
 OUT_FINAL = ("done", "failed")
 OUT_STATES = ("queued", "submitting", "submitted", "done", "failed", "deferred", "held")
-IN_STATES = ("stored", "acked", "delivered", "deferred", "held")
+IN_STATES = ("stored", "mailing", "delivered", "held")
 
 
 def new_job_id() -> str:
@@ -133,19 +133,26 @@ class Store:
         with self.db.tx() as c:
             self._event(c, job_id, kind, detail)
 
-    def claim_job(self, now: float | None = None) -> sqlite3.Row | None:
-        """Take one queued (or due deferred) job and mark it submitting."""
+    def next_job(self, now: float | None = None) -> sqlite3.Row | None:
+        """The next queued (or due deferred) job, without claiming it."""
         now = time.time() if now is None else now
+        rows = self.db.query(
+            "SELECT * FROM jobs WHERE state IN ('queued','deferred') AND next_attempt<=? "
+            "ORDER BY next_attempt, created LIMIT 1", (now,))
+        return rows[0] if rows else None
+
+    def claim_job(self, job_id: str) -> bool:
+        """Mark a job submitting, right before its POST: after a crash, 'submitting'
+        means the request may have reached Retarus."""
+        now = time.time()
         with self.db.tx() as c:
-            row = c.execute(
-                "SELECT * FROM jobs WHERE state IN ('queued','deferred') AND next_attempt<=? "
-                "ORDER BY next_attempt, created LIMIT 1", (now,)).fetchone()
-            if row is None:
-                return None
+            row = c.execute("SELECT state, attempts FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None or row["state"] not in ("queued", "deferred"):
+                return False
             c.execute("UPDATE jobs SET state='submitting', attempts=attempts+1, updated=? "
-                      "WHERE id=?", (now, row["id"]))
-            self._event(c, row["id"], "submitting", f"attempt {row['attempts'] + 1}")
-        return self.job(row["id"])
+                      "WHERE id=?", (now, job_id))
+            self._event(c, job_id, "submitting", f"attempt {row['attempts'] + 1}")
+        return True
 
     def job(self, job_id: str) -> sqlite3.Row | None:
         rows = self.db.query("SELECT * FROM jobs WHERE id=?", (job_id,))
@@ -320,9 +327,9 @@ class Store:
         with self.db.tx() as c:
             if c.execute("SELECT 1 FROM inbound WHERE id=?", (key,)).fetchone():
                 return False
-            c.execute("INSERT INTO inbound (id,topic,state,created,updated,metadata_json) "
-                      "VALUES (?,?,?,?,?,?)",
-                      (key, topic, "stored", now, now, json.dumps(metadata)))
+            c.execute("INSERT INTO inbound (id,topic,state,created,updated,metadata_json,fax_id) "
+                      "VALUES (?,?,?,?,?,?,?)",
+                      (key, topic, "stored", now, now, json.dumps(metadata), fax_id))
             c.executemany("INSERT INTO inbound_files (fax_id,idx,name,content_type,data) "
                           "VALUES (?,?,?,?,?)",
                           [(key, i, n, t, d) for i, (n, t, d) in enumerate(files)])
@@ -339,6 +346,14 @@ class Store:
                       " WHERE id=?",
                       (state, time.time(), error, next_attempt, delivered_to,
                        1 if state == "deferred" else 0, key))
+
+    def has_inbound(self, topic: str, fax_id: str) -> bool:
+        return bool(self.db.query("SELECT 1 FROM inbound WHERE id=?", (f"{topic}/{fax_id}",)))
+
+    def mark_acked(self, topic: str, fax_ids: list[str]) -> None:
+        with self.db.tx() as c:
+            c.executemany("UPDATE inbound SET acked=1 WHERE id=?",
+                          [(f"{topic}/{i}",) for i in fax_ids])
 
     def inbound(self, key: str) -> sqlite3.Row | None:
         rows = self.db.query("SELECT * FROM inbound WHERE id=?", (key,))

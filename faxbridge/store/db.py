@@ -132,6 +132,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX mail_out_state ON mail_out(state, next_attempt);
     """,
+    # 2: the Fax2WSPull ack is tracked apart from delivery: a committed fax is
+    # mailed whether or not its ack is known to have reached Retarus.
+    """
+    ALTER TABLE inbound ADD COLUMN acked INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE inbound ADD COLUMN fax_id TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

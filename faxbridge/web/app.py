@@ -51,6 +51,14 @@ def build_web_app(bridge: Bridge) -> Starlette:
             ok = False
         checks["smtp"] = bridge.smtp_address or "not listening"
         ok = ok and bridge.smtp_address is not None
+        topics = {}
+        for name, st in bridge.topic_states.items():
+            topics[name] = {"status": st.status, "last_poll": st.last_poll,
+                            "last_success": st.last_success, "last_error": st.last_error,
+                            "received": st.received}
+            # A topic whose credentials are refused makes the bridge not ready: loudly.
+            ok = ok and st.status != "auth-refused"
+        checks["topics"] = topics
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
     async def push(request: Request) -> Response:

@@ -1,0 +1,1 @@
+"""Inbound: Fax2WSPull poller and fax-to-mail delivery."""

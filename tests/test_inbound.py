@@ -1,0 +1,313 @@
+"""Fax → mail: the poller and delivery against the simulator and a real relay."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email
+import email.policy
+import json
+import mailbox
+import subprocess
+import sys
+from email.message import EmailMessage
+from pathlib import Path
+
+import httpx
+import pytest
+
+from faxbridge.mail.transport import maildir_path
+from faxbridge.simulator.pdf import tiny_pdf
+from faxbridge.store import Store
+from tests.conftest import Proc, bridge_config, free_port, wait_for
+from tests.relay import Relay
+
+PDF_A = tiny_pdf("first document")
+PDF_B = tiny_pdf("second document")
+META = {"callingNumber": "+4989123456", "calledNumber": "+4930999999",
+        "remoteCsid": "ACME FAX", "pages": 3, "receivedTs": "2026-11-22T10:13:00Z"}
+
+
+async def inject(url: str, topic: str = "demo", docs: list[bytes] | None = None,
+                 metadata: dict | None = None, fax_id: str | None = None) -> str:
+    body: dict = {"topic": topic, "metadata": META if metadata is None else metadata,
+                  "documents": [{"data": base64.b64encode(d).decode(), "extension": "pdf"}
+                                for d in (docs or [PDF_A])]}
+    if fax_id:
+        body["id"] = fax_id
+    async with httpx.AsyncClient() as c:
+        r = await c.post(f"{url}/_sim/inbound", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+
+async def sim_post(url: str, path: str, body: dict) -> None:
+    async with httpx.AsyncClient() as c:
+        assert (await c.post(f"{url}/_sim/{path}", json=body)).status_code == 200
+
+
+def topic(name: str, url: str, addresses: list[str], **kw) -> dict:
+    return {"name": name, "url": f"{url}/faxin/rest/v1", "password": {"env": "FB_PULL_PW"},
+            "addresses": addresses, "poll_interval": 0.1, **kw}
+
+
+@pytest.fixture(autouse=True)
+def pull_password(monkeypatch):
+    monkeypatch.setenv("FB_PULL_PW", "simulator")
+
+
+def wired(tmp_path: Path, sim_url: str, topics: list[dict], **sections) -> dict:
+    """Sections for a bridge that uses the test's own simulator (not an embedded one)."""
+    return dict(retarus={"send_url": f"{sim_url}/fax4a/ha-de/rest/v1",
+                         "datacenter_urls": [f"{sim_url}/fax4a/de1/rest/v1"]},
+                topics=topics, **sections)
+
+
+def inbox(data_dir: Path, address: str) -> list[EmailMessage]:
+    path = maildir_path(data_dir / "mail", address)
+    if not path.exists():
+        return []
+    return [email.message_from_bytes(m.as_bytes(), policy=email.policy.default)
+            for m in mailbox.Maildir(str(path), create=False)]
+
+
+def fax_ids(msgs: list[EmailMessage]) -> list[str]:
+    out = []
+    for m in msgs:
+        text = m.get_body(("plain",)).get_content()
+        out.append(text.split("Fax id ", 1)[1].split(" ", 1)[0])
+    return out
+
+
+async def settle(pred, timeout: float = 20.0):
+    value = await wait_for(pred, timeout=timeout)
+    await asyncio.sleep(0.8)  # a duplicate would arrive by now
+    return value
+
+
+async def test_one_fax_mailed_with_identical_pdf(sim, make_bridge, tmp_path):
+    _, url = sim
+    fid = await inject(url)
+    bridge = await make_bridge(**wired(tmp_path, url, [topic("demo", url,
+                                                             ["fax-inbox@localhost"])]))
+    data_dir = bridge.cfg.storage.data_dir
+    await settle(lambda: inbox(data_dir, "fax-inbox@localhost"))
+    msgs = inbox(data_dir, "fax-inbox@localhost")
+    assert len(msgs) == 1
+    m = msgs[0]
+    assert m["Subject"] == "Fax from +49 89 123456 (3 pages)"
+    text = m.get_body(("plain",)).get_content()
+    for line in ("From number:   +49 89 123456", "Sender ID:     ACME FAX",
+                 "To number:     +49 30 999999", "Received:      2026-11-22T10:13:00Z",
+                 "Pages:         3", f"Fax id {fid} on topic demo"):
+        assert line in text
+    atts = list(m.iter_attachments())
+    assert [a.get_filename() for a in atts] == ["fax-+4989123456-202611221013.pdf"]
+    assert atts[0].get_content() == PDF_A and atts[0].get_content_type() == "application/pdf"
+    row = bridge.store.inbound(f"demo/{fid}")
+    assert row["state"] == "delivered" and row["acked"] == 1
+    assert bridge.sim_state is None  # the test's simulator, not an embedded one
+
+
+async def test_batch_larger_than_fetch_size(sim, make_bridge, tmp_path):
+    state, url = sim
+    ids = [await inject(url) for _ in range(23)]
+    bridge = await make_bridge(**wired(tmp_path, url, [topic(
+        "demo", url, ["fax-inbox@localhost"], batch_size=5)]))
+    data_dir = bridge.cfg.storage.data_dir
+    await settle(lambda: len(inbox(data_dir, "fax-inbox@localhost")) >= 23)
+    got = fax_ids(inbox(data_dir, "fax-inbox@localhost"))
+    assert sorted(got) == sorted(ids)
+    assert all(f.acked for f in state.faxes["demo"])
+
+
+async def test_two_topics_and_called_number_mailboxes(sim, make_bridge, tmp_path):
+    _, url = sim
+    a = await inject(url, "sales")
+    b = await inject(url, "support")
+    c = await inject(url, "support", metadata={**META, "calledNumber": "+49 30 555"})
+    bridge = await make_bridge(**wired(tmp_path, url, [
+        topic("sales", url, ["sales@example.com"]),
+        topic("support", url, ["support@example.com"],
+              numbers=[{"number": "+4930555", "addresses": ["boss@example.com"]}])]))
+    d = bridge.cfg.storage.data_dir
+    await settle(lambda: inbox(d, "sales@example.com") and inbox(d, "support@example.com")
+                 and inbox(d, "boss@example.com"))
+    assert fax_ids(inbox(d, "sales@example.com")) == [a]
+    assert fax_ids(inbox(d, "support@example.com")) == [b]
+    assert fax_ids(inbox(d, "boss@example.com")) == [c]
+
+
+async def test_multi_document_fax_and_missing_metadata(sim, make_bridge, tmp_path):
+    _, url = sim
+    await inject(url, docs=[PDF_A, PDF_B], metadata={})
+    bridge = await make_bridge(**wired(tmp_path, url, [topic("demo", url, ["in@example.com"])]))
+    msgs = await settle(lambda: inbox(bridge.cfg.storage.data_dir, "in@example.com"))
+    m = msgs[0]
+    assert m["Subject"] == "Fax from unknown sender"
+    text = m.get_body(("plain",)).get_content()
+    assert "From number:   unknown" in text and "Pages:         unknown" in text
+    assert "(2 documents)" in text
+    atts = list(m.iter_attachments())
+    assert [a.get_content() for a in atts] == [PDF_A, PDF_B]
+    assert len({a.get_filename() for a in atts}) == 2
+
+
+async def test_ack_lost_refetched_fax_is_not_mailed_again(sim, make_bridge, tmp_path):
+    """Every ack (the next calls, then the exit call at stop) fails; after the lock
+    Retarus offers the fax again to the restarted bridge, which acks it only."""
+    state, url = sim
+    await sim_post(url, "config", {"lock_seconds": 0.3})
+    fid = await inject(url)
+    await sim_post(url, "faults", {"endpoint": "pull", "after": 1, "count": 10000,
+                                   "status": 503})
+    cfg = bridge_config(tmp_path, **wired(tmp_path, url, [topic("demo", url,
+                                                                ["in@example.com"])]))
+    first = await make_bridge(cfg)
+    d = cfg.storage.data_dir
+    await settle(lambda: inbox(d, "in@example.com"))
+    await first.stop()
+    assert not state.faxes["demo"][0].acked
+    await sim_post(url, "faults", {"clear": True})
+    await asyncio.sleep(0.4)  # the lock runs out: the fax is offered again
+    second = await make_bridge(cfg)
+    await wait_for(lambda: state.faxes["demo"][0].acked, timeout=20)
+    await settle(lambda: True)
+    assert fax_ids(inbox(d, "in@example.com")) == [fid]
+    assert state.faxes["demo"][0].offered >= 2
+    assert second.store.inbound(f"demo/{fid}")["acked"] == 1
+
+
+async def test_refused_credentials_do_not_stop_other_topics(sim, make_bridge, tmp_path,
+                                                            monkeypatch):
+    _, url = sim
+    monkeypatch.setenv("FB_BAD_PW", "wrong")
+    await inject(url, "good")
+    bad = topic("bad", url, ["x@example.com"])
+    bad["password"] = {"env": "FB_BAD_PW"}
+    bridge = await make_bridge(**wired(tmp_path, url, [bad, topic("good", url,
+                                                                   ["good@example.com"])]))
+    await settle(lambda: inbox(bridge.cfg.storage.data_dir, "good@example.com"))
+    async with httpx.AsyncClient() as c:
+        r = await c.get(f"{bridge.http_server.url}/readyz")
+    assert r.status_code == 503
+    topics = r.json()["checks"]["topics"]
+    assert topics["bad"]["status"] == "auth-refused" and "401" in topics["bad"]["last_error"]
+    assert topics["good"]["status"] == "ok" and topics["good"]["received"] == 1
+
+
+async def test_relay_down_then_up_mailed_once(sim, make_bridge, tmp_path):
+    _, url = sim
+    fid = await inject(url)
+    port = free_port()
+    bridge = await make_bridge(**wired(
+        tmp_path, url, [topic("demo", url, ["in@example.com"])],
+        mail={"transport": "smtp", "retry_min_seconds": 0.2, "retry_max_seconds": 0.5,
+              "relay": {"host": "127.0.0.1", "port": port, "tls": "none"}}))
+    await wait_for(lambda: (m := bridge.store.list_mail()) and m[0]["attempts"] >= 2)
+    relay = await Relay(port).start()
+    try:
+        await settle(lambda: relay.messages)
+        assert len(relay.messages) == 1
+        assert fax_ids(relay.parsed()) == [fid]
+        assert list(relay.parsed()[0].iter_attachments())[0].get_content() == PDF_A
+        await wait_for(lambda: bridge.store.inbound(f"demo/{fid}")["state"] == "delivered")
+    finally:
+        await relay.stop()
+
+
+async def test_refused_mailbox_goes_to_fallback(sim, make_bridge, tmp_path):
+    _, url = sim
+    fid = await inject(url)
+    relay = await Relay().start()
+    relay.refuse["gone@example.com"] = "550 5.1.1 mailbox unknown"
+    try:
+        bridge = await make_bridge(**wired(
+            tmp_path, url, [topic("demo", url, ["gone@example.com"])],
+            mail={"transport": "smtp", "fallback_mailbox": "faxadmin@example.com",
+                  "relay": {"host": "127.0.0.1", "port": relay.port, "tls": "none"}}))
+        await settle(lambda: relay.messages)
+        assert len(relay.messages) == 1 and relay.messages[0][1] == ["faxadmin@example.com"]
+        text = relay.parsed()[0].get_body(("plain",)).get_content()
+        assert "could not be delivered to gone@example.com" in text and "550" in text
+        row = await wait_for(lambda: (r := bridge.store.inbound(f"demo/{fid}"))
+                             and r["state"] == "delivered" and r)
+        assert row["delivered_to"] == "faxadmin@example.com"
+        assert "refused by gone@example.com" in row["last_error"]
+    finally:
+        await relay.stop()
+
+
+async def test_inbox_cli_list_and_resend(sim, make_bridge, tmp_path):
+    _, url = sim
+    fid = await inject(url)
+    bridge = await make_bridge(**wired(tmp_path, url, [topic("demo", url, ["in@example.com"])]))
+    d = bridge.cfg.storage.data_dir
+    await settle(lambda: inbox(d, "in@example.com"))
+
+    def cli(*a: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "faxbridge", "inbox", *a, "--data-dir",
+                               str(d)], capture_output=True, text=True)
+    listed = json.loads(cli("--json").stdout)
+    assert [(x["fax_id"], x["state"], x["acked"]) for x in listed] == [(fid, "delivered", True)]
+    assert listed[0]["files"] == [f"{fid}.pdf"]
+    out = cli("resend", fid, "--to", "other@example.com")
+    assert out.returncode == 0 and "queued again for other@example.com" in out.stdout
+    msgs = await settle(lambda: inbox(d, "other@example.com"))
+    assert len(msgs) == 1 and "administrator's request" in msgs[0].get_body(
+        ("plain",)).get_content()
+    assert len(inbox(d, "in@example.com")) == 1
+    assert cli("resend", "nope").returncode == 1
+
+
+async def test_kill_after_download_before_ack_mailed_once(tmp_path, procs):
+    sim_port = free_port()
+    sim = Proc(["simulator", "--listen", f"127.0.0.1:{sim_port}"], tmp_path)
+    procs.append(sim)
+    sim.wait_output("Retarus simulator on")
+    url = f"http://127.0.0.1:{sim_port}"
+    await sim_post(url, "config", {"lock_seconds": 1})
+    fid = await inject(url)
+    # the ack call (second pull) hangs, so the bridge dies after storing, before acking
+    await sim_post(url, "faults", {"endpoint": "pull", "after": 1, "count": 1, "delay": 30})
+    data = tmp_path / "data"
+    cfg = tmp_path / "bridge.toml"
+    cfg.write_text(f"""
+[retarus]
+send_url = "{url}/fax4a/ha-de/rest/v1"
+datacenter_urls = ["{url}/fax4a/de1/rest/v1"]
+[[topics]]
+name = "demo"
+url = "{url}/faxin/rest/v1"
+password = {{ env = "FB_PULL_PW" }}
+addresses = ["in@example.com"]
+poll_interval = 0.2
+[storage]
+data_dir = "{data}"
+""")
+    args = ["serve", "--config", str(cfg), "--smtp-listen", "127.0.0.1:0", "--http-listen",
+            "127.0.0.1:0"]
+    first = Proc(args, tmp_path)
+    procs.append(first)
+    first.wait_output("faxbridge listening")
+    db = data / "faxbridge.sqlite3"
+    await wait_for(lambda: db.exists() and Store(db).has_inbound("demo", fid), timeout=20)
+    first.kill9()
+    async with httpx.AsyncClient() as c:
+        sim_view = (await c.get(f"{url}/_sim/inbound")).json()
+    assert sim_view[0]["acked"] is False  # killed before the ack
+    await sim_post(url, "faults", {"clear": True})  # the stall may not have been used yet
+    await asyncio.sleep(1.2)  # wait out the lock
+    second = Proc(args, tmp_path)
+    procs.append(second)
+    second.wait_output("faxbridge listening")
+
+    async def acked() -> bool:
+        async with httpx.AsyncClient() as c:
+            return (await c.get(f"{url}/_sim/inbound")).json()[0]["acked"]
+    await wait_for(acked, timeout=20)
+    msgs = await settle(lambda: inbox(data, "in@example.com"))
+    assert fax_ids(msgs) == [fid]
+    async with httpx.AsyncClient() as c:
+        assert (await c.get(f"{url}/_sim/inbound")).json()[0]["offered"] >= 2
+    assert Store(db).integrity_check() == "ok"
