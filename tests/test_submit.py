@@ -138,11 +138,18 @@ data_dir = "{tmp_path / 'data'}"
         received = [(j["request"]["reference"]["customerDefinedId"])
                     for j in await sim_jobs(s)]
         assert len(received) == len(set(received)), "a fax was sent twice"
+        held = []
         for job_id in accepted:
             row = store.job(job_id)
             assert row is not None, f"250 for {job_id} but no job"
-            assert received.count(job_id) == 1 or row["state"] == "held", (job_id, row["state"])
-        held = [job_id for job_id in accepted if store.job(job_id)["state"] == "held"]
-        assert not held, f"held after recovery: {held}"
+            if row["state"] == "held":
+                # killed between the claim and the POST: never sent, and held for the
+                # admin rather than guessed (the "checked … or held")
+                assert received.count(job_id) == 0 and row["last_error"] == \
+                    "interrupted during submission"
+                held.append(job_id)
+            else:
+                assert received.count(job_id) == 1, (job_id, row["state"])
+        assert len(held) <= 3, f"more held jobs than kills: {held}"
     finally:
         store.close()

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import mailbox
+import os
 import re
+import socket
 import ssl
 from pathlib import Path
 from typing import Protocol
@@ -18,7 +20,8 @@ from faxbridge.errors import Permanent, Transient
 
 
 class Transport(Protocol):
-    async def send(self, mail_from: str, recipients: list[str], raw: bytes) -> list[str]:
+    async def send(self, mail_from: str, recipients: list[str], raw: bytes,
+                   key: str | None = None) -> list[str]:
         """Deliver; returns the recipients refused while others were accepted."""
         ...
 
@@ -34,16 +37,33 @@ class MaildirTransport:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def _deliver(self, recipients: list[str], raw: bytes) -> None:
+    def _deliver(self, recipients: list[str], raw: bytes, key: str | None) -> None:
         for rcpt in recipients:
             self.root.mkdir(parents=True, exist_ok=True)
-            box = mailbox.Maildir(str(maildir_path(self.root, rcpt)), create=True)
-            box.add(raw)  # written to tmp/, fsynced by the OS rename into new/
-            box.close()
+            box = maildir_path(self.root, rcpt)
+            mailbox.Maildir(str(box), create=True).close()  # new/ cur/ tmp/
+            if key is None:
+                box_obj = mailbox.Maildir(str(box), create=False)
+                box_obj.add(raw)
+                box_obj.close()
+                continue
+            # A name fixed by the outbox id makes redelivery after a crash (written,
+            # not yet recorded as sent) a no-op: each mail lands once per mailbox.
+            name = f"faxbridge-{key}.{socket.gethostname()}"
+            if (box / "new" / name).exists() or any((box / "cur").glob(name + ":*")) \
+                    or (box / "cur" / name).exists():
+                continue
+            tmp = box / "tmp" / name
+            with tmp.open("wb") as fh:
+                fh.write(raw.replace(b"\r\n", b"\n"))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.rename(tmp, box / "new" / name)  # Maildir delivery: tmp/ → new/
 
-    async def send(self, mail_from: str, recipients: list[str], raw: bytes) -> list[str]:
+    async def send(self, mail_from: str, recipients: list[str], raw: bytes,
+                   key: str | None = None) -> list[str]:
         try:
-            await asyncio.to_thread(self._deliver, recipients, raw)
+            await asyncio.to_thread(self._deliver, recipients, raw, key)
         except OSError as exc:
             raise Transient(f"Maildir delivery failed: {exc}") from exc
         return []
@@ -53,7 +73,8 @@ class SmtpRelayTransport:
     def __init__(self, cfg: RelayConfig) -> None:
         self.cfg = cfg
 
-    async def send(self, mail_from: str, recipients: list[str], raw: bytes) -> list[str]:
+    async def send(self, mail_from: str, recipients: list[str], raw: bytes,
+                   key: str | None = None) -> list[str]:
         cfg = self.cfg
         ctx = ssl.create_default_context()
         password = cfg.password.resolve()

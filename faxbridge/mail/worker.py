@@ -50,7 +50,8 @@ class Mailer:
         rcpts = json.loads(row["recipients_json"])
         mail_cfg = self.bridge.cfg.mail
         try:
-            refused = await self.bridge.transport.send(row["mail_from"], rcpts, row["raw"])
+            refused = await self.bridge.transport.send(row["mail_from"], rcpts, row["raw"],
+                                                       key=str(row["id"]))
         except Transient as exc:
             age = time.time() - row["created"]
             if age > mail_cfg.give_up_after_seconds:

@@ -71,7 +71,6 @@ class Submitter:
         # the only window recovery cannot decide; it is kept as small as possible).
         if not await self.bridge.db(store.claim_job, job_id):
             return
-        job = await self.bridge.db(store.job, job_id)
         try:
             retarus_id, base = await fax4a.send(req)
         except (Transient, AuthError) as exc:
@@ -80,7 +79,7 @@ class Submitter:
                 await self.not_submitted(
                     job, f"The fax service could not be reached before the deadline ({exc}).")
                 return
-            delay = backoff(job["attempts"], base=2.0, cap=300.0,
+            delay = backoff(job["attempts"] + 1, base=2.0, cap=300.0,
                             retry_after_s=getattr(exc, "retry_after", None))
             if isinstance(exc, AuthError):
                 log.error("job=%s Retarus refused our credentials: %s", job_id, exc)
