@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import secrets
 import signal
 from collections.abc import Callable
@@ -82,6 +83,12 @@ class Bridge:
         self.push_secret = cfg.retarus.push_password.resolve() or (
             secrets.token_urlsafe(18) if cfg.retarus.mode == "simulator" else None)
         self.on_started: list[Callable[[], None]] = []
+        from faxbridge.web.metrics import Metrics
+        self.metrics = Metrics()
+        self.accepting = True          # False while shutting down: new sessions get 421
+        self.sessions_in_data = 0      # sessions between DATA and its reply
+        self._topic_tasks: dict[str, asyncio.Task[None]] = {}
+        self.last_contact: dict[str, float] = {}   # "retarus", "relay" → time of last success
         # Own thread pools: store commits (serialised by the store's lock anyway) and
         # MIME parsing must not queue behind other users of asyncio's default pool.
         self._db_pool = ThreadPoolExecutor(4, thread_name_prefix="store")
@@ -138,13 +145,65 @@ class Bridge:
         for name, coro in workers_for(self):
             task = asyncio.create_task(coro, name=name)
             self._tasks.append(task)
+        self._start_topics()
 
-    async def stop(self) -> None:
+    def _start_topics(self) -> None:
+        from faxbridge.inbound.poll import TopicPoller
+        for t in self.cfg.topics:
+            if t.url or self.sim_url:
+                self._topic_tasks[t.name] = asyncio.create_task(
+                    TopicPoller(self, t).run(), name=f"topic:{t.name}")
+
+    async def _stop_topics(self) -> None:
+        # Cancelling a poller acknowledges its committed batch through the exit URL.
+        for task in self._topic_tasks.values():
+            task.cancel()
+        for task in self._topic_tasks.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._topic_tasks.clear()
+
+    async def reload(self, new: Config) -> list[str]:
+        """Switch to a validated config. New SMTP sessions and new jobs use it at once
+        (the handler reads bridge.cfg per command); nothing in flight is dropped;
+        a changed listen address restarts that listener; topics restart their pollers."""
+        from faxbridge.mail.compose import Composer
+        from faxbridge.mail.transport import make_transport
+        old, changes = self.cfg, []
+        self.cfg = new
+        self.composer = Composer(new.mail.template_dir, new.smtp.hostname)
+        self.transport = make_transport(new.mail, new.storage.data_dir)
+        if new.smtp != old.smtp:
+            changes.append("smtp")
+            if self.smtp_server is not None:
+                self.smtp_server.close()  # existing sessions continue on their sockets
+            await self._start_smtp()
+        if new.http.listen != old.http.listen and self.http_server is not None:
+            changes.append("http")
+            from faxbridge.web.app import build_web_app
+            await self.http_server.stop()
+            self.http_server = HttpServer(build_web_app(self), new.http.listen, "http.listen")
+            await self.http_server.start()
+        if new.topics != old.topics:
+            changes.append("topics")
+            await self._stop_topics()
+            self._start_topics()
+        if new.senders != old.senders:
+            changes.append("senders")
+        log.info("configuration reloaded (%s)", ", ".join(changes) or "no listener changes")
+        return changes
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting (newcomers get 421), let sessions in DATA finish within
+        `grace`, stop workers between items, ack the current pull batches, close."""
         self._stopping.set()
+        self.accepting = False
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.sessions_in_data and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
         if self.smtp_server is not None:
             self.smtp_server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.smtp_server.wait_closed(), 5)
+        await self._stop_topics()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -188,12 +247,30 @@ class Bridge:
         return out
 
 
-async def run(cfg: Config, *, print_fn: Callable[[str], None] = print) -> None:
+def load_for_reload(path: Path, overrides: Overrides) -> Config:
+    from faxbridge.config import load
+    return apply_overrides(load(path), overrides)
+
+
+def _mtimes(path: Path) -> tuple[float, ...]:
+    from faxbridge.config import included_files
+    out = []
+    for p in (path, *included_files(path)):
+        try:
+            out.append(p.stat().st_mtime)
+        except OSError:
+            out.append(0.0)
+    return tuple(out)
+
+
+async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
+              config_path: Path | None = None, overrides: Overrides | None = None) -> None:
+    from faxbridge.errors import ConfigError
     bridge = Bridge(cfg)
     try:
         await bridge.start()
     except BaseException:
-        await bridge.stop()
+        await bridge.stop(grace=0)
         raise
     addrs = bridge.addresses()
     print_fn(f"faxbridge listening: SMTP {addrs.get('smtp')}, HTTP {addrs.get('http')}"
@@ -201,10 +278,51 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print) -> None:
     print_fn(f"data directory: {cfg.storage.data_dir.resolve()}")
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
+    signals = {"count": 0}
+
+    def on_signal() -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            # Second signal: leave now. Everything acknowledged is already committed.
+            print_fn("faxbridge: second signal, exiting at once")
+            os._exit(0)
+        done.set()
+
+    async def do_reload(reason: str) -> None:
+        assert config_path is not None
+        try:
+            new = load_for_reload(config_path, overrides or Overrides())
+        except ConfigError as exc:
+            log.error("reload (%s) refused, keeping the running config: %s", reason,
+                      "; ".join(exc.problems))
+            return
+        try:
+            await bridge.reload(new)
+        except Exception:  # noqa: BLE001 - a failed switch must not kill the bridge
+            log.exception("reload (%s) failed while switching", reason)
+
+    async def watch() -> None:
+        assert config_path is not None
+        seen = _mtimes(config_path)
+        while True:
+            await asyncio.sleep(1.0)
+            now = _mtimes(config_path)
+            if now != seen:
+                seen = now
+                await do_reload("file changed")
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, done.set)
+        loop.add_signal_handler(sig, on_signal)
+    watcher = None
+    if config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP,
+                                lambda: asyncio.ensure_future(do_reload("SIGHUP")))
+        watcher = asyncio.create_task(watch())
     try:
         await done.wait()
     finally:
         print_fn("faxbridge stopping")
+        if watcher is not None:
+            watcher.cancel()
         await bridge.stop()
+        print_fn("faxbridge stopped")

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import logging
 import sys
 import time
 from pathlib import Path
@@ -68,16 +67,21 @@ def _print_json(obj: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from faxbridge.app import Overrides, apply_overrides, run
     cfg = _load(args.config)
-    cfg = apply_overrides(cfg, Overrides(
+    overrides = Overrides(
         data_dir=Path(args.data_dir) if args.data_dir else None,
         smtp_listen=args.smtp_listen, http_listen=args.http_listen,
-        simulator_listen=args.simulator_listen))
+        simulator_listen=args.simulator_listen)
+    cfg = apply_overrides(cfg, overrides)
+    from faxbridge.logsetup import configure
+    configure(cfg.logging.format, "DEBUG" if args.verbose else cfg.logging.level)
     if args.config is None:
         print("no --config given: running on the embedded default (Retarus simulator, "
               "Maildir, SQLite); loopback may fax any valid number")
     from faxbridge.web.server import ListenError
     try:
-        asyncio.run(run(cfg, print_fn=lambda s: print(s, flush=True)))
+        asyncio.run(run(cfg, print_fn=lambda s: print(s, flush=True),
+                        config_path=Path(args.config) if args.config else None,
+                        overrides=overrides))
     except ListenError as exc:
         print(f"faxbridge: {exc}", file=sys.stderr)
         return 1
@@ -291,6 +295,68 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules(args: argparse.Namespace) -> int:
+    """faxbridge senders|topics list|add|remove."""
+    from faxbridge import rules_file
+    section = args.command
+    if args.config is None:
+        print(f"faxbridge {section}: --config is required (the file whose rules to change)",
+              file=sys.stderr)
+        return 2
+    cfg_path = Path(args.config)
+    if args.action == "list":
+        cfg = config_mod.load(cfg_path)
+        cli_names = {e.get("name") for e in rules_file.read_rules(
+            rules_file.rules_path(cfg_path)).get(section, [])} if config_mod.included_files(
+            cfg_path) else set()
+        items = getattr(cfg, section)
+        if args.json:
+            _print_json([{**i.model_dump(mode="json"), "managed_by_cli": i.name in cli_names}
+                         for i in items])
+            return 0
+        for i in items:
+            origin = "cli" if i.name in cli_names else "file"
+            if section == "senders":
+                print(f"{i.name:<16} [{origin}] match {', '.join(i.match)}; allow "
+                      f"{', '.join(i.allow)}; deny {', '.join(i.deny) or '-'}")
+            else:
+                print(f"{i.name:<16} [{origin}] → {', '.join(i.addresses)}")
+        return 0
+    if not args.name:
+        print(f"faxbridge {section} {args.action}: NAME is required", file=sys.stderr)
+        return 2
+    if args.action == "remove":
+        path = rules_file.remove(cfg_path, section, args.name)
+        print(f"removed {section[:-1]} '{args.name}' from {path}")
+        return 0
+    entry: dict[str, Any] = {"name": args.name}
+    if section == "senders":
+        if not args.match:
+            print("faxbridge senders add: at least one --match is required", file=sys.stderr)
+            return 2
+        entry["match"] = args.match
+        for key in ("allow", "deny"):
+            if getattr(args, key):
+                entry[key] = getattr(args, key)
+        for key in ("billing_code", "body", "notify", "max_per_hour", "max_per_day"):
+            if getattr(args, key) is not None:
+                entry[key] = getattr(args, key)
+    else:
+        if not args.address:
+            print("faxbridge topics add: at least one --address is required", file=sys.stderr)
+            return 2
+        entry["addresses"] = args.address
+        if args.url:
+            entry["url"] = args.url
+        if args.password_env:
+            entry["password"] = {"env": args.password_env}
+        if args.customer_number:
+            entry["customer_number"] = args.customer_number
+    path = rules_file.add(cfg_path, section, entry)
+    print(f"added {section[:-1]} '{args.name}' to {path}; a running bridge reloads it")
+    return 0
+
+
 def cmd_hash_password(args: argparse.Namespace) -> int:
     import getpass
 
@@ -367,6 +433,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_inbox)
 
+    s = with_config(sub.add_parser("senders", help="list/add/remove sender rules"))
+    s.add_argument("action", choices=["list", "add", "remove"])
+    s.add_argument("name", nargs="?")
+    s.add_argument("--match", action="append", help="address, *@domain, user:NAME, net:CIDR")
+    s.add_argument("--allow", action="append", help="E.164 pattern, e.g. +49*")
+    s.add_argument("--deny", action="append", help="E.164 pattern, e.g. +49900*")
+    s.add_argument("--billing-code")
+    s.add_argument("--body", choices=["first", "ignore"])
+    s.add_argument("--notify", choices=["always", "failure", "never"])
+    s.add_argument("--max-per-hour", type=int)
+    s.add_argument("--max-per-day", type=int)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_rules)
+
+    s = with_config(sub.add_parser("topics", help="list/add/remove inbound topics"))
+    s.add_argument("action", choices=["list", "add", "remove"])
+    s.add_argument("name", nargs="?")
+    s.add_argument("--address", action="append", help="mailbox for the topic's faxes")
+    s.add_argument("--url", help="Fax2WSPull base URL")
+    s.add_argument("--password-env", help="environment variable with the topic password")
+    s.add_argument("--customer-number")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_rules)
+
     s = sub.add_parser("hash-password", help="hash an SMTP AUTH password for the config")
     s.add_argument("--password", help="(default: prompt)")
     s.set_defaults(func=cmd_hash_password)
@@ -375,11 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # aiosmtpd logs every command line at INFO; our SMTP log has the decisions.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from faxbridge.logsetup import configure
+    configure("plain", "DEBUG" if args.verbose else "INFO")
     if getattr(args, "action", None) in ("show", "release", "resend") and not args.id:
         print(f"faxbridge {args.command} {args.action}: an ID is required", file=sys.stderr)
         return 2

@@ -278,7 +278,13 @@ class HttpConfig(Model):
     admin_token: Secret = Secret()
 
 
+class LoggingConfig(Model):
+    format: Literal["plain", "json"] = "plain"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
 class Config(Model):
+    logging: LoggingConfig = LoggingConfig()
     smtp: SmtpConfig = SmtpConfig()
     fax: FaxConfig = FaxConfig()
     retarus: RetarusConfig = RetarusConfig()
@@ -368,22 +374,35 @@ def parse(data: dict[str, Any], source: str = "") -> Config:
         raise ConfigError(_problems(exc), source) from None
 
 
-def load(path: Path) -> Config:
+def load(path: Path, replace: dict[Path, dict[str, Any]] | None = None) -> Config:
     """Load and validate a TOML file; `include` lists further TOML files (relative
     to this one) whose `senders` and `topics` are appended: the CLI keeps the rules
     it manages in such a file so that the admin's own file keeps its comments."""
     data = _read_toml(path)
     for inc in data.pop("include", []):
         inc_path = (path.parent / inc) if not Path(inc).is_absolute() else Path(inc)
-        if not inc_path.exists():
+        if replace and inc_path.resolve() in replace:
+            extra = replace[inc_path.resolve()]
+        elif not inc_path.exists():
             continue  # an include the CLI has not created yet
-        extra = _read_toml(inc_path)
+        else:
+            extra = _read_toml(inc_path)
         for key, value in extra.items():
             if key not in ("senders", "topics"):
                 raise ConfigError([f"{key}: only 'senders' and 'topics' may be in an "
                                    f"included file"], str(inc_path))
             data[key] = list(data.get(key, [])) + list(value)
     return parse(data, str(path))
+
+
+def included_files(path: Path) -> list[Path]:
+    """The files a config includes (for the reload watcher and the rule editor)."""
+    try:
+        data = _read_toml(path)
+    except ConfigError:
+        return []
+    return [(path.parent / i) if not Path(i).is_absolute() else Path(i)
+            for i in data.get("include", [])]
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

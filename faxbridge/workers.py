@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 from faxbridge.housekeeping import housekeeping
 from faxbridge.inbound.deliver import Deliverer
-from faxbridge.inbound.poll import TopicPoller
 from faxbridge.mail.worker import Mailer
 from faxbridge.outbound.submit import Submitter
 from faxbridge.outbound.track import ReportCleaner, Tracker
@@ -19,6 +18,4 @@ if TYPE_CHECKING:
 def workers_for(bridge: Bridge) -> list[tuple[str, Coroutine[Any, Any, None]]]:
     return [("submit", Submitter(bridge).run()), ("track", Tracker(bridge).run()),
             ("mail", Mailer(bridge).run()), ("report-cleanup", ReportCleaner(bridge).run()),
-            ("housekeeping", housekeeping(bridge)), ("deliver", Deliverer(bridge).run()),
-            *[(f"topic:{t.name}", TopicPoller(bridge, t).run()) for t in bridge.cfg.topics
-              if t.url or bridge.sim_url]]
+            ("housekeeping", housekeeping(bridge)), ("deliver", Deliverer(bridge).run())]

@@ -128,6 +128,7 @@ class Deliverer:
     async def on_sent(self, mail: sqlite3.Row, refused: list[str]) -> None:
         store = self.bridge.store
         to = json.loads(mail["recipients_json"])
+        self.bridge.metrics.inbound_delivered.inc()
         await self.bridge.db(store.set_inbound_state, mail["ref"], "delivered",
                              delivered_to=", ".join(to),
                              error=("refused: " + "; ".join(refused)) if refused else None)

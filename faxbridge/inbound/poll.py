@@ -129,6 +129,7 @@ class TopicPoller:
                                       fax.metadata(), files)
         if stored:
             self.state.received += 1
+            self.bridge.metrics.inbound_fetched.labels(self.topic.name).inc()
             log.info("topic %s: fax %s stored (%d file(s))", self.topic.name, fax.id, len(files))
             self.bridge.inbound_wakeup.set()
         return True

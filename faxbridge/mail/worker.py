@@ -53,6 +53,7 @@ class Mailer:
             refused = await self.bridge.transport.send(row["mail_from"], rcpts, row["raw"],
                                                        key=str(row["id"]))
         except Transient as exc:
+            self.bridge.metrics.mail_failures.labels(row["kind"], "deferred").inc()
             age = time.time() - row["created"]
             if age > mail_cfg.give_up_after_seconds:
                 await self.bridge.db(store.finish_mail, row["id"], "failed",
@@ -68,10 +69,12 @@ class Mailer:
                                  next_attempt=time.time() + delay)
             return
         except Permanent as exc:
+            self.bridge.metrics.mail_failures.labels(row["kind"], "refused").inc()
             log.error("mail %s (%s %s) refused: %s", row["id"], row["kind"], row["ref"], exc)
             await self.bridge.db(store.finish_mail, row["id"], "failed", error=str(exc))
             await self._on_failed(row, str(exc))
             return
+        self.bridge.last_contact["relay"] = time.time()
         await self.bridge.db(store.finish_mail, row["id"], "sent",
                              error=("partly refused: " + "; ".join(refused)) if refused else None)
         if row["kind"] == "report" and row["ref"]:

@@ -84,6 +84,7 @@ class Submitter:
             if isinstance(exc, AuthError):
                 log.error("job=%s Retarus refused our credentials: %s", job_id, exc)
                 delay = max(delay, 60.0)
+            self.bridge.metrics.submit_retries.inc()
             await self.bridge.db(store.set_job_state, job_id, "deferred", event="deferred",
                                     detail=f"{exc}; next try in {delay:.0f}s", error=str(exc),
                                     next_attempt=now + delay)
@@ -91,6 +92,7 @@ class Submitter:
         except Permanent as exc:
             await self.not_submitted(job, f"The fax service refused the job ({exc}).")
             return
+        self.bridge.last_contact["retarus"] = time.time()
         await self.bridge.db(store.set_job_state, job_id, "submitted", event="submitted",
                                 detail=f"Retarus jobId {retarus_id} via {base}",
                                 retarus_job_id=retarus_id, datacenter=base)

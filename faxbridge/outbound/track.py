@@ -74,6 +74,8 @@ async def finish(bridge: Bridge, job: sqlite3.Row, *, results: list[dict[str, An
                               recipients=results, error=error, datacenter=datacenter,
                               mail=mail, expect=expect)
     if changed:
+        if submitted:
+            bridge.metrics.report_latency.observe(time.time() - job["created"])
         log.info("job=%s message_id=%s %s via %s", job["id"], job["message_id"], event, source)
         bridge.mail_wakeup.set()
     return changed
@@ -130,6 +132,7 @@ class Tracker:
         except (Transient, AuthError) as exc:
             detail = f"report poll failed: {exc}"
         else:
+            self.bridge.last_contact["retarus"] = time.time()
             if report.final:
                 await apply_report(self.bridge, job, report, "poll", datacenter=base)
                 return

@@ -74,6 +74,10 @@ class FaxHandler:
         store = self.bridge.store
         if store is None:
             return
+        reply_for_metrics = tx.record.reply or ""
+        if reply_for_metrics.startswith("(") and " after " in reply_for_metrics:
+            reply_for_metrics = reply_for_metrics.split(" after ", 1)[1]
+        self.bridge.metrics.smtp_reply(reply_for_metrics, False)
         # Off the event loop: a commit waits for fsync.
         fut = asyncio.ensure_future(self.bridge.db(store.add_log, tx.record))
         fut.add_done_callback(_log_failure)
@@ -223,8 +227,10 @@ class FaxHandler:
             rec.ok, rec.job_id = False, None
             rec.reply = replies.S451_STORE
             tx.logged = True
+            self.bridge.metrics.smtp_reply(rec.reply, False)
             return rec.reply
         tx.logged = True
+        self.bridge.metrics.smtp_reply(rec.reply, True)
         log.info("accepted job=%s message_id=%s from=%s to=%s docs=%d", job.id,
                  ext.message_id, job.sender, ",".join(n for n, *_ in fax), len(ext.documents))
         self.bridge.wake_submitter()

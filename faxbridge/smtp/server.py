@@ -18,10 +18,33 @@ if TYPE_CHECKING:
 
 
 class FaxSMTP(SMTP):
-    """aiosmtpd's SMTP with one addition: an unfinished transaction is logged when
-    the client disconnects without QUIT."""
+    """aiosmtpd's SMTP plus: 421 to newcomers while shutting down, a count of
+    sessions inside DATA (shutdown waits for them), an open-sessions gauge, and
+    the log record of a transaction whose client disconnects without QUIT."""
+
+    bridge: Bridge
+    _refused = False
+
+    def connection_made(self, transport: Any) -> None:
+        if not self.bridge.accepting:
+            self._refused = True
+            transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
+            transport.close()
+            return
+        self.bridge.metrics.sessions.inc()
+        super().connection_made(transport)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self.bridge.sessions_in_data += 1
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.bridge.sessions_in_data -= 1
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
+        self.bridge.metrics.sessions.dec()
         handler = self.event_handler
         if isinstance(handler, FaxHandler) and self.session is not None:
             handler.flush(self.session, "(connection lost)")
@@ -53,7 +76,7 @@ async def start_smtp(bridge: Bridge) -> tuple[asyncio.base_events.Server, str]:
 
     def factory() -> FaxSMTP:
         current = bridge.cfg.smtp
-        return FaxSMTP(
+        smtp = FaxSMTP(
             handler,
             data_size_limit=current.max_message_size,
             hostname=current.hostname,
@@ -68,6 +91,8 @@ async def start_smtp(bridge: Bridge) -> tuple[asyncio.base_events.Server, str]:
             enable_SMTPUTF8=True,
             loop=asyncio.get_running_loop(),
         )
+        smtp.bridge = bridge
+        return smtp
 
     sock = bind(cfg.listen, "smtp.listen")
     server = await asyncio.get_running_loop().create_server(factory, sock=sock)

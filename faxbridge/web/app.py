@@ -50,7 +50,8 @@ def build_web_app(bridge: Bridge) -> Starlette:
             checks["store"] = f"error: {exc}"
             ok = False
         checks["smtp"] = bridge.smtp_address or "not listening"
-        ok = ok and bridge.smtp_address is not None
+        ok = ok and bridge.smtp_address is not None and bridge.accepting
+        checks["last_contact"] = dict(bridge.last_contact)
         topics = {}
         for name, st in bridge.topic_states.items():
             topics[name] = {"status": st.status, "last_poll": st.last_poll,
@@ -90,5 +91,12 @@ def build_web_app(bridge: Bridge) -> Starlette:
         changed = await apply_report(bridge, job, report, "push")
         return JSONResponse({"status": "recorded" if changed else "already final"})
 
+    async def metrics(request: Request) -> Response:
+        body = await bridge.db(bridge.metrics.render, bridge.store, bridge.topic_states)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    from faxbridge.web.admin import admin_routes
     return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz),
-                             Route("/retarus/push", push, methods=["POST"])])
+                             Route("/metrics", metrics),
+                             Route("/retarus/push", push, methods=["POST"]),
+                             *admin_routes(bridge)])

@@ -1,0 +1,73 @@
+"""Prometheus metrics of one bridge (own registry, text exposition format)."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from faxbridge.store import Store
+
+
+def reply_reason(reply: str) -> str:
+    """'550 5.7.1 Relaying denied: …' → '550 5.7.1 relaying denied' (bounded label values)."""
+    m = re.match(r"(\d{3})(?: (\d\.\d+\.\d+))?\s*([A-Za-z ]{0,40})", reply or "")
+    if not m:
+        return "other"
+    words = " ".join(m.group(3).lower().split()[:3])
+    return " ".join(x for x in (m.group(1), m.group(2) or "", words) if x)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.mails = Counter("faxbridge_smtp_mails", "SMTP transactions by result and reason",
+                             ["result", "reason"], registry=r)
+        self.sessions = Gauge("faxbridge_smtp_sessions_open", "SMTP sessions open", registry=r)
+        self.submit_retries = Counter("faxbridge_submit_retries",
+                                      "Fax4A submissions deferred for a retry", registry=r)
+        self.report_latency = Histogram(
+            "faxbridge_report_latency_seconds", "From acceptance to the final report",
+            buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600, 14400, 86400), registry=r)
+        self.inbound_fetched = Counter("faxbridge_inbound_fetched", "Faxes stored, by topic",
+                                       ["topic"], registry=r)
+        self.inbound_delivered = Counter("faxbridge_inbound_delivered", "Faxes mailed",
+                                         registry=r)
+        self.mail_failures = Counter("faxbridge_mail_transport_failures",
+                                     "Outgoing mails deferred or refused", ["kind", "outcome"],
+                                     registry=r)
+        self.jobs = Gauge("faxbridge_jobs", "Outbound jobs by state", ["state"], registry=r)
+        self.queue_depth = Gauge("faxbridge_queue_depth", "Items waiting", ["queue"], registry=r)
+        self.queue_age = Gauge("faxbridge_queue_oldest_age_seconds", "Age of the oldest item",
+                               ["queue"], registry=r)
+        self.topic_up = Gauge("faxbridge_topic_ok", "1 if the topic's last poll succeeded",
+                              ["topic"], registry=r)
+
+    def smtp_reply(self, reply: str, ok: bool) -> None:
+        self.mails.labels("accepted" if ok else "rejected",
+                          "250" if ok else reply_reason(reply)).inc()
+
+    def render(self, store: Store, topic_states: dict) -> bytes:
+        """Refresh the gauges that are read from the store, then expose everything."""
+        from faxbridge.store import OUT_STATES
+        now = time.time()
+        counts = {row[0]: row[1] for row in store.db.query(
+            "SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+        for state in OUT_STATES:
+            self.jobs.labels(state).set(counts.get(state, 0))
+        for queue, sql in (
+                ("jobs", "SELECT COUNT(*), MIN(created) FROM jobs "
+                         "WHERE state IN ('queued','deferred','submitting')"),
+                ("tracking", "SELECT COUNT(*), MIN(created) FROM jobs WHERE state='submitted'"),
+                ("mail_out", "SELECT COUNT(*), MIN(created) FROM mail_out WHERE state='queued'"),
+                ("inbound", "SELECT COUNT(*), MIN(created) FROM inbound "
+                            "WHERE state IN ('stored','mailing')")):
+            n, oldest = store.db.query(sql)[0]
+            self.queue_depth.labels(queue).set(n)
+            self.queue_age.labels(queue).set(now - oldest if oldest else 0)
+        for name, st in topic_states.items():
+            self.topic_up.labels(name).set(1 if st.status == "ok" else 0)
+        return generate_latest(self.registry)
