@@ -12,13 +12,26 @@ if TYPE_CHECKING:
     from faxbridge.store import Store
 
 
+# Fixed label values (bounded cardinality), keyed by how each reply of replies.py starts.
+REASONS = (
+    ("Relaying denied", "relay_denied"), ("Sender ", "sender_not_allowed"),
+    ("Fax number ", "destination_blocked"), ("Bad fax number", "bad_number"),
+    ("Rate limit", "rate_limited"), ("Too many recipients", "too_many_recipients"),
+    ("Nothing to fax", "nothing_to_fax"), ("The mail could not be read", "unreadable"),
+    ("The null sender", "null_sender"), ("Authentication required", "auth_required"),
+    ("Temporary failure storing", "store_failure"), ("No valid fax recipient", "no_recipient"),
+)
+
+
 def reply_reason(reply: str) -> str:
-    """'550 5.7.1 Relaying denied: …' → '550 5.7.1 relaying denied' (bounded label values)."""
-    m = re.match(r"(\d{3})(?: (\d\.\d+\.\d+))?\s*([A-Za-z ]{0,40})", reply or "")
+    """'550 5.7.1 Relaying denied: …' → 'relay_denied'; anything else → its code."""
+    m = re.match(r"(\d{3})(?: (\d\.\d{1,3}\.\d{1,3}))?\s*(.*)", reply or "", re.S)
     if not m:
         return "other"
-    words = " ".join(m.group(3).lower().split()[:3])
-    return " ".join(x for x in (m.group(1), m.group(2) or "", words) if x)
+    for prefix, key in REASONS:
+        if m.group(3).startswith(prefix):
+            return key
+    return f"smtp_{m.group(1)}"
 
 
 class Metrics:
