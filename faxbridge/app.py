@@ -110,6 +110,8 @@ class Bridge:
         data_dir = cfg.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(data_dir / "faxbridge.sqlite3", cfg.storage.busy_timeout_ms)
+        from faxbridge.store.groupcommit import GroupCommitter
+        self.committer = GroupCommitter(self.store, self.db)
         if cfg.retarus.mode == "simulator" and not cfg.retarus.send_url:
             self.sim_state = SimState(customer_number=cfg.retarus.customer_number,
                                       username=cfg.retarus.username,
@@ -204,6 +206,8 @@ class Bridge:
         if self.smtp_server is not None:
             self.smtp_server.close()
         await self._stop_topics()
+        if getattr(self, "committer", None) is not None:
+            await self.committer.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -221,7 +221,7 @@ class FaxHandler:
         store = self.bridge.store
         assert store is not None
         try:
-            await self.bridge.db(store.create_job, job, rec)
+            await self.bridge.committer.commit(job, rec)
         except StoreError as exc:
             log.error("store failure, answering 451: %s", exc)
             rec.ok, rec.job_id = False, None

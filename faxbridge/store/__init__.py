@@ -94,35 +94,46 @@ class Store:
     def create_job(self, job: NewJob, log: SmtpLogRecord | None = None) -> str:
         """Commit the message, its job, recipients, documents and (optionally) the
         SMTP log record in one transaction: the 250 may be sent when this returns."""
+        self.create_jobs([(job, log)])
+        return job.id
+
+    def create_jobs(self, batch: list[tuple[NewJob, SmtpLogRecord | None]]) -> None:
+        """Group commit: several accepted mails in one transaction (one fsync).
+        All or none are committed; the caller answers each SMTP client after this."""
         now = time.time()
         try:
             with self.db.tx() as c:
-                c.execute(
-                    "INSERT INTO jobs (id,state,created,updated,sender,auth_user,message_id,"
-                    "subject,rule,header,request_json,raw,deadline,valid_until,notify,"
-                    "attach_documents) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (job.id, "queued", now, now, job.sender, job.auth_user, job.message_id,
-                     job.subject, job.rule, job.header, json.dumps(job.request), job.raw,
-                     job.deadline, job.valid_until, job.notify, int(job.attach_documents)))
-                c.executemany(
-                    "INSERT INTO job_recipients (job_id,idx,number,address,display_name) "
-                    "VALUES (?,?,?,?,?)",
-                    [(job.id, i, r.number, r.address, r.display_name)
-                     for i, r in enumerate(job.recipients)])
-                c.executemany(
-                    "INSERT INTO job_documents (job_id,idx,name,content_type,charset,data) "
-                    "VALUES (?,?,?,?,?,?)",
-                    [(job.id, i, d.name, d.content_type, d.charset, d.data)
-                     for i, d in enumerate(job.documents)])
-                self._event(c, job.id, "accepted",
-                            f"from {job.sender}, {len(job.recipients)} recipient(s), "
-                            f"{len(job.documents)} document(s), rule {job.rule}")
-                if log is not None:
-                    log.job_id = job.id
-                    self._insert_log(c, log)
+                for job, log in batch:
+                    self._insert_job(c, job, log, now)
         except sqlite3.Error as exc:
             raise StoreError(f"could not commit job: {exc}") from exc
-        return job.id
+
+    def _insert_job(self, c: sqlite3.Connection, job: NewJob, log: SmtpLogRecord | None,
+                    now: float) -> None:
+        c.execute(
+            "INSERT INTO jobs (id,state,created,updated,sender,auth_user,message_id,"
+            "subject,rule,header,request_json,raw,deadline,valid_until,notify,"
+            "attach_documents) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (job.id, "queued", now, now, job.sender, job.auth_user, job.message_id,
+             job.subject, job.rule, job.header, json.dumps(job.request), job.raw,
+             job.deadline, job.valid_until, job.notify, int(job.attach_documents)))
+        c.executemany(
+            "INSERT INTO job_recipients (job_id,idx,number,address,display_name) "
+            "VALUES (?,?,?,?,?)",
+            [(job.id, i, r.number, r.address, r.display_name)
+             for i, r in enumerate(job.recipients)])
+        c.executemany(
+            "INSERT INTO job_documents (job_id,idx,name,content_type,charset,data) "
+            "VALUES (?,?,?,?,?,?)",
+            [(job.id, i, d.name, d.content_type, d.charset, d.data)
+             for i, d in enumerate(job.documents)])
+        self._event(c, job.id, "accepted",
+                    f"from {job.sender}, {len(job.recipients)} recipient(s), "
+                    f"{len(job.documents)} document(s), rule {job.rule}")
+        if log is not None:
+            log.job_id = job.id
+            self._insert_log(c, log)
+
 
     @staticmethod
     def _event(c: sqlite3.Connection, job_id: str, kind: str, detail: str = "") -> None:

@@ -1,0 +1,66 @@
+"""Accept throughput of the full bridge (routing, parsing, durable commit, SMTP log)
+as a ratio against a bare aiosmtpd server, same client and messages, same run.
+
+    python bench/accept.py [--messages 300]
+
+Targets (issue 7): ratio ≥ 0.5 at 10 KB and ≥ 0.6 at 200 KB, concurrency 20."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from pathlib import Path
+
+from common import (
+    bare,
+    bridge,
+    bridge_config,
+    free_port,
+    load,
+    message,
+    simulator,
+    table,
+    write_result,
+)
+
+
+async def run(n: int) -> dict:
+    rows, out = [], []
+    for size in (10_000, 200_000):
+        msgs = [message(size, i) for i in range(n)]
+        for conc in (1, 20):
+            port = free_port()
+            b = bare(port)
+            try:
+                base = await load(port, msgs, conc)
+            finally:
+                b.stop()
+            port = free_port()
+            with tempfile.TemporaryDirectory() as d:
+                sim_port = free_port()
+                sim = simulator(sim_port)
+                fb = bridge(Path(d) / "data", port, config=bridge_config(Path(d), sim_port))
+                try:
+                    full = await load(port, msgs, conc)
+                    rss = fb.peak_rss_mb()
+                finally:
+                    fb.stop()
+                    sim.stop()
+            ratio = full["per_second"] / base["per_second"]
+            rows.append([f"{size // 1000} KB", conc, f"{base['per_second']:.1f}",
+                         f"{full['per_second']:.1f}", f"{ratio:.2f}", f"{rss:.0f}",
+                         f"{full['ok']}/{n}"])
+            out.append({"size": size, "concurrency": conc, "bare_per_s": base["per_second"],
+                        "bridge_per_s": full["per_second"], "ratio": ratio,
+                        "bridge_peak_rss_mb": rss, "accepted": full["ok"], "sent": n})
+    print(table(rows, ["attachment", "conc", "bare/s", "bridge/s", "ratio", "RSS MB", "250s"]))
+    return {"results": out}
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=300)
+    a = ap.parse_args()
+    path = write_result("accept", asyncio.run(run(a.messages)))
+    print(f"written {path}")
