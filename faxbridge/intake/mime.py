@@ -159,7 +159,7 @@ def _decode_text(payload: bytes, charset: str | None) -> str:
             continue
         try:
             return payload.decode(cs)
-        except (LookupError, UnicodeDecodeError):
+        except (LookupError, ValueError):  # unknown charset, bad bytes, NUL in the name
             continue
     return payload.decode("latin-1")
 
