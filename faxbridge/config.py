@@ -160,6 +160,8 @@ class FaxConfig(Model):
     )
     # How long a job may keep retrying submission before it is failed.
     submit_deadline_seconds: int = Field(default=3600, gt=0)
+    # Jobs submitted to Fax4A at the same time (each its own HTTP request).
+    submit_concurrency: int = Field(default=8, ge=1, le=64)
     # How long to keep following a job's report before giving up.
     job_valid_seconds: int = Field(default=86400, gt=0)
     # Report polling: first poll after the min, then doubling up to the max.

@@ -150,6 +150,7 @@ data_dir = "{tmp_path / 'data'}"
                 held.append(job_id)
             else:
                 assert received.count(job_id) == 1, (job_id, row["state"])
-        assert len(held) <= 3, f"more held jobs than kills: {held}"
+        # at most the claims in flight at each of the 3 kills
+        assert len(held) <= 3 * 8, f"more held jobs than claims in flight: {held}"
     finally:
         store.close()

@@ -34,23 +34,45 @@ class Submitter:
         self.idle = idle
 
     async def run(self) -> None:
+        """Dispatch due jobs to up to fax.submit_concurrency concurrent submissions;
+        a job is never in flight twice (and the store's claim is guarded anyway)."""
         await self.recover()
         store = self.bridge.store
         assert store is not None
-        while True:
-            job = await self.bridge.db(store.next_job)
-            if job is None:
-                self.bridge.submit_wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.bridge.submit_wakeup.wait(), self.idle)
-                continue
-            try:
-                await self.dispose(job)
-            except Exception as exc:  # noqa: BLE001 - never let one job stop the worker
-                log.exception("job=%s unexpected error; holding it", job["id"])
-                await self.bridge.db(store.set_job_state, job["id"], "held",
-                                        event="held", detail=f"unexpected error: {exc!r}",
-                                        error=repr(exc))
+        inflight: set[str] = set()
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                limit = self.bridge.cfg.fax.submit_concurrency - len(inflight)
+                jobs = (await self.bridge.db(store.next_jobs, limit, frozenset(inflight))
+                        if limit > 0 else [])
+                if not jobs:
+                    self.bridge.submit_wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.bridge.submit_wakeup.wait(),
+                                               self.idle if limit > 0 else 0.05)
+                    continue
+                for job in jobs:
+                    inflight.add(job["id"])
+                    task = asyncio.create_task(self._one(job))
+                    tasks.add(task)
+                    task.add_done_callback(
+                        lambda t, i=job["id"]: (inflight.discard(i), tasks.discard(t),
+                                                self.bridge.submit_wakeup.set()))
+        finally:
+            for task in list(tasks):  # stop between items: the claim is not yet taken
+                task.cancel()         # for most; a claimed one is recovered on restart
+
+    async def _one(self, job: sqlite3.Row) -> None:
+        store = self.bridge.store
+        assert store is not None
+        try:
+            await self.dispose(job)
+        except Exception as exc:  # noqa: BLE001 - never let one job stop the worker
+            log.exception("job=%s unexpected error; holding it", job["id"])
+            await self.bridge.db(store.set_job_state, job["id"], "held",
+                                 event="held", detail=f"unexpected error: {exc!r}",
+                                 error=repr(exc))
 
     async def dispose(self, job: sqlite3.Row) -> None:
         store, fax4a = self.bridge.store, self.bridge.fax4a
@@ -67,12 +89,13 @@ class Submitter:
                                  detail=f"request invalid before sending: {exc}",
                                  error=str(exc), expect=("queued", "deferred"))
             return
+        body = fax4a.encode(req)  # the costly serialisation happens before the claim
         # Everything is prepared: claim, then POST at once (a crash in between is
         # the only window recovery cannot decide; it is kept as small as possible).
         if not await self.bridge.db(store.claim_job, job_id):
             return
         try:
-            retarus_id, base = await fax4a.send(req)
+            retarus_id, base = await fax4a.send(body)
         except (Transient, AuthError) as exc:
             now = time.time()
             if now >= job["deadline"]:

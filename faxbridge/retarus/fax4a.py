@@ -7,6 +7,7 @@ one of them as normal ("Always check both data centers", fax4a-api docs).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,20 +50,27 @@ class Fax4AClient:
     def _url(self, base: str, path: str) -> str:
         return f"{base.rstrip('/')}/{self.ep.customer_number}{path}"
 
-    async def send(self, job: FaxJobRequest) -> tuple[str, str]:
+    @staticmethod
+    def encode(job: FaxJobRequest) -> bytes:
+        """The request body, serialised once (it carries base64 documents)."""
+        return json.dumps(job.wire(), separators=(",", ":")).encode()
+
+    async def send(self, job: FaxJobRequest | bytes) -> tuple[str, str]:
         """Submit a job; returns (jobId, base URL that took it).
 
         Falls over to the data-center URLs only when the HA URL refused the
         connection or answered 503: then the job surely was not taken. A timeout
         after the request went out is NOT retried elsewhere (it may have been
         accepted; the submit worker decides, using customerDefinedId)."""
-        body = job.wire()
+        body = job if isinstance(job, bytes) else self.encode(job)
+        headers = {"Content-Type": "application/json"}
         urls = (self.ep.send_url, *[u for u in self.ep.datacenter_urls
                                     if u != self.ep.send_url])
         last: Exception | None = None
         for base in urls:
             try:
-                resp = await self.http.post(self._url(base, "/fax"), json=body)
+                resp = await self.http.post(self._url(base, "/fax"), content=body,
+                                            headers=headers)
             except httpx.ConnectError as exc:
                 last = Transient(f"send fax: cannot connect to {base}: {exc}")
                 continue

@@ -152,6 +152,15 @@ class Store:
             "ORDER BY next_attempt, created LIMIT 1", (now,))
         return rows[0] if rows else None
 
+    def next_jobs(self, limit: int, exclude: set[str] | frozenset[str] = frozenset(),
+                  now: float | None = None) -> list[sqlite3.Row]:
+        """Up to `limit` due queued/deferred jobs, oldest first, skipping `exclude`."""
+        now = time.time() if now is None else now
+        rows = self.db.query(
+            "SELECT * FROM jobs WHERE state IN ('queued','deferred') AND next_attempt<=? "
+            "ORDER BY next_attempt, created LIMIT ?", (now, limit + len(exclude)))
+        return [r for r in rows if r["id"] not in exclude][:limit]
+
     def claim_job(self, job_id: str) -> bool:
         """Mark a job submitting, right before its POST: after a crash, 'submitting'
         means the request may have reached Retarus."""
