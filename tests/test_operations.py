@@ -222,7 +222,7 @@ async def test_sigterm_during_large_data_never_loses_a_250(tmp_path, procs):
     th.start()
     await asyncio.sleep(0.6)  # well inside DATA
     bridge.p.send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.2)
+    await asyncio.to_thread(bridge.wait_output, "faxbridge stopping")
     late: dict = {}
     try:  # a newcomer during shutdown is told to come back later
         with smtplib.SMTP("127.0.0.1", smtp_port, timeout=5) as s:
