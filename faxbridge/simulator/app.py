@@ -32,6 +32,7 @@ from starlette.types import Receive, Scope, Send
 
 from faxbridge.simulator.pdf import tiny_pdf
 from faxbridge.simulator.validate import page_count, validate_job
+from faxbridge.web.basic import basic_ok
 
 log = logging.getLogger("faxbridge.simulator")
 
@@ -214,14 +215,7 @@ def build_app(state: SimState) -> FaultLayer:
     tasks: set[asyncio.Task[None]] = set()
 
     def auth_ok(request: Request, user: str, password: str) -> bool:
-        header = request.headers.get("authorization", "")
-        if not header.lower().startswith("basic "):
-            return False
-        try:
-            got = base64.b64decode(header[6:]).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        return secrets.compare_digest(got, f"{user}:{password}")
+        return basic_ok(request.headers.get("authorization", ""), user, password)
 
     def fax4a_guard(request: Request) -> tuple[str, Response | None]:
         dc = request.path_params["dc"]

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
-import secrets
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
@@ -15,24 +12,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from faxbridge.retarus.models import FaxReport
+from faxbridge.web.basic import basic_ok
 
 if TYPE_CHECKING:
     from faxbridge.app import Bridge
 
 log = logging.getLogger("faxbridge.web")
-
-
-def basic_ok(request: Request, user: str, password: str | None) -> bool:
-    if not password:
-        return False
-    header = request.headers.get("authorization", "")
-    if not header.lower().startswith("basic "):
-        return False
-    try:
-        got = base64.b64decode(header[6:]).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return False
-    return secrets.compare_digest(got.encode(), f"{user}:{password}".encode())
 
 
 def build_web_app(bridge: Bridge) -> Starlette:
@@ -65,7 +50,8 @@ def build_web_app(bridge: Bridge) -> Starlette:
     async def push(request: Request) -> Response:
         """Retarus status push (WIRE.md §4): JSON, Basic auth. Answers 2xx only after
         the outcome is committed; an unknown or already final job changes nothing."""
-        if not basic_ok(request, bridge.cfg.retarus.push_username, bridge.push_secret):
+        if not basic_ok(request.headers.get("authorization", ""),
+                        bridge.cfg.retarus.push_username, bridge.push_secret):
             return Response("authentication required\n", status_code=401,
                             headers={"WWW-Authenticate": 'Basic realm="faxbridge push"'})
         ctype = request.headers.get("content-type", "")
