@@ -311,3 +311,14 @@ data_dir = "{data}"
     async with httpx.AsyncClient() as c:
         assert (await c.get(f"{url}/_sim/inbound")).json()[0]["offered"] >= 2
     assert Store(db).integrity_check() == "ok"
+
+
+def test_file_format_preference_picks_one_of_several_formats():
+    from faxbridge.inbound.poll import preferred
+    from faxbridge.retarus.models import PullDocument
+    docs = [PullDocument(url="http://x/files/1.pdf"), PullDocument(url="http://x/files/1.tif"),
+            PullDocument(url="http://x/files/1-1.tif")]
+    assert [d.url for d in preferred(docs, "pdf")] == ["http://x/files/1.pdf",
+                                                       "http://x/files/1-1.tif"]
+    assert [d.url for d in preferred(docs, "tif")] == ["http://x/files/1.tif",
+                                                       "http://x/files/1-1.tif"]

@@ -179,7 +179,7 @@ async def test_health_and_readiness_while_the_simulator_is_down(sim, make_bridge
         assert (await c.get(f"{bridge.http_server.url}/healthz")).json() == {"status": "alive"}
         await wait_for(lambda: bridge.topic_states["demo"].status == "error")
         ready = (await c.get(f"{bridge.http_server.url}/readyz")).json()
-    assert ready["checks"]["store"] == "ok" and ready["checks"]["last_contact"] == {}
+    assert ready["checks"]["store"] == "ok (writable)" and ready["checks"]["last_contact"] == {}
     assert ready["checks"]["topics"]["demo"]["status"] == "error"
     assert "connection failed" in ready["checks"]["topics"]["demo"]["last_error"]
 

@@ -43,6 +43,22 @@ class TopicState:
     pending_ack: list[str] = field(default_factory=list)
 
 
+def preferred(documents: list, fmt: str) -> list:  # noqa: ANN001
+    """When a fax offers the same document in several formats (<id>.pdf and
+    <id>.tif), keep the one of topics[].file_format; single formats are kept."""
+    by_stem: dict[str, list] = {}
+    for doc in documents:
+        name = doc.url.rstrip("/").rsplit("/", 1)[-1]
+        by_stem.setdefault(name.rsplit(".", 1)[0], []).append(doc)
+    out = []
+    for docs in by_stem.values():
+        exts = {d.url.rsplit(".", 1)[-1].lower(): d for d in docs}
+        want = {"pdf": ("pdf",), "tif": ("tif", "tiff")}[fmt]
+        pick = next((exts[e] for e in want if e in exts), None)
+        out.extend([pick] if pick is not None else docs)
+    return out
+
+
 class TopicPoller:
     def __init__(self, bridge: Bridge, topic: Topic) -> None:
         self.bridge = bridge
@@ -116,7 +132,7 @@ class TopicPoller:
             return True
         files: list[tuple[str, str, bytes]] = []
         try:
-            for doc in fax.documents:
+            for doc in preferred(fax.documents, self.topic.file_format):
                 data, ctype = await self.client.download(doc.url)
                 name = doc.url.rstrip("/").rsplit("/", 1)[-1]
                 files.append((name, ctype.split(";")[0].strip(), data))

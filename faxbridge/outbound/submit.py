@@ -69,7 +69,8 @@ class Submitter:
         try:
             await self.dispose(job)
         except Exception as exc:  # noqa: BLE001 - never let one job stop the worker
-            log.exception("job=%s unexpected error; holding it", job["id"])
+            log.exception("job=%s message_id=%s unexpected error; holding it", job["id"],
+                          job["message_id"])
             await self.bridge.db(store.set_job_state, job["id"], "held",
                                  event="held", detail=f"unexpected error: {exc!r}",
                                  error=repr(exc))
@@ -105,7 +106,8 @@ class Submitter:
             delay = backoff(job["attempts"] + 1, base=2.0, cap=300.0,
                             retry_after_s=getattr(exc, "retry_after", None))
             if isinstance(exc, AuthError):
-                log.error("job=%s Retarus refused our credentials: %s", job_id, exc)
+                log.error("job=%s message_id=%s Retarus refused our credentials: %s", job_id,
+                          job["message_id"], exc)
                 delay = max(delay, 60.0)
             self.bridge.metrics.submit_retries.inc()
             await self.bridge.db(store.set_job_state, job_id, "deferred", event="deferred",

@@ -434,5 +434,12 @@ class Store:
                              "attempts,last_error FROM mail_out ORDER BY id DESC LIMIT ?",
                              (limit,))
 
+    def writable(self) -> bool:
+        """Take and release the write lock: proves the store can commit right now."""
+        with self.db.lock:
+            self.db.conn.execute("BEGIN IMMEDIATE")
+            self.db.conn.execute("ROLLBACK")
+        return True
+
     def integrity_check(self) -> str:
         return str(self.db.query("PRAGMA integrity_check")[0][0])

@@ -29,8 +29,8 @@ def build_web_app(bridge: Bridge) -> Starlette:
         ok = True
         try:
             assert bridge.store is not None
-            await bridge.db(bridge.store.db.query, "SELECT 1")
-            checks["store"] = "ok"
+            await bridge.db(bridge.store.writable)
+            checks["store"] = "ok (writable)"
         except Exception as exc:  # noqa: BLE001
             checks["store"] = f"error: {exc}"
             ok = False
