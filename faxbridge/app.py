@@ -82,7 +82,6 @@ class Bridge:
         # travels to the simulator inside each job, like the real credentials would.
         self.push_secret = cfg.retarus.push_password.resolve() or (
             secrets.token_urlsafe(18) if cfg.retarus.mode == "simulator" else None)
-        self.on_started: list[Callable[[], None]] = []
         from faxbridge.web.metrics import Metrics
         self.metrics = Metrics()
         self.accepting = True          # False while shutting down: new sessions get 421
@@ -235,10 +234,6 @@ class Bridge:
 
     def wake_submitter(self) -> None:
         self.submit_wakeup.set()
-
-    @property
-    def stopping(self) -> asyncio.Event:
-        return self._stopping
 
     def addresses(self) -> dict[str, str]:
         out = {}
