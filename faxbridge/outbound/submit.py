@@ -60,8 +60,13 @@ class Submitter:
                         lambda t, i=job["id"]: (inflight.discard(i), tasks.discard(t),
                                                 self.bridge.submit_wakeup.set()))
         finally:
-            for task in list(tasks):  # stop between items: the claim is not yet taken
-                task.cancel()         # for most; a claimed one is recovered on restart
+            # Stop between items: submissions in flight finish (a POST is short), so a
+            # graceful stop leaves no job claimed but unsent; only a hang is cut off.
+            if tasks:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait(list(tasks), timeout=15)
+            for task in list(tasks):
+                task.cancel()
 
     async def _one(self, job: sqlite3.Row) -> None:
         store = self.bridge.store
