@@ -21,6 +21,11 @@ class Transient(FaxbridgeError):
         self.retry_after = retry_after
 
 
+class Unconfirmed(Transient):
+    """The request went out but no answer came back (read timeout, connection dropped
+    after sending): the server may have acted on it. Never resend blindly."""
+
+
 class Permanent(FaxbridgeError):
     """Retrying cannot help: 400, 404, 409 from Retarus, 5xx from a mail relay."""
 

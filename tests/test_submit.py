@@ -62,6 +62,27 @@ async def test_deadline_turns_transient_into_failed(make_bridge):
     assert "503" in job["last_error"]
 
 
+async def test_no_answer_after_sending_is_not_resent_but_confirmed(make_bridge):
+    """The POST goes out, the answer comes after our timeout (Retarus did take the
+    job): the bridge must not send the fax again; it finds it by customerDefinedId."""
+    bridge = await make_bridge(retarus={"timeout": 1.0},
+                               fax={"report_poll_min_seconds": 0.2,
+                                    "report_poll_max_seconds": 0.5})
+    await fault(bridge.sim_url, endpoint="send", count=1, delay=2.0)
+    t = await send(bridge.smtp_address, mail())
+    held = await state_of(bridge, t.job_id, ("held",))
+    assert held["last_error"] == "unconfirmed submission"
+    job = await state_of(bridge, t.job_id, ("submitted", "done"))
+    await asyncio.sleep(1.0)
+    received = [j for j in await sim_jobs(bridge.sim_url)
+                if j["request"]["reference"]["customerDefinedId"] == t.job_id]
+    assert len(received) == 1, "the fax was sent twice"
+    assert job["retarus_job_id"] == received[0]["jobId"]
+    kinds = [e["kind"] for e in bridge.store.job_events(t.job_id)]
+    assert kinds.index("unconfirmed") < kinds.index("confirmed")
+    assert "deferred" not in kinds
+
+
 async def test_wrong_retarus_password_defers_not_fails(make_bridge, monkeypatch):
     monkeypatch.setenv("FB_TEST_PW", "wrong")
     bridge = await make_bridge(retarus={"password": {"env": "FB_TEST_PW"}})
@@ -146,7 +167,7 @@ data_dir = "{tmp_path / 'data'}"
                 # killed between the claim and the POST: never sent, and held for the
                 # admin rather than guessed (the issue's "checked … or held")
                 assert received.count(job_id) == 0 and row["last_error"] == \
-                    "interrupted during submission"
+                    "unconfirmed submission"
                 held.append(job_id)
             else:
                 assert received.count(job_id) == 1, (job_id, row["state"])

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from faxbridge.errors import AuthError, Permanent, Transient
+from faxbridge.errors import AuthError, FaxbridgeError, Permanent, Transient, Unconfirmed
 from faxbridge.outbound.request import full_request
 from faxbridge.retarus.http import backoff
 
@@ -32,6 +32,7 @@ class Submitter:
     def __init__(self, bridge: Bridge, idle: float = 1.0) -> None:
         self.bridge = bridge
         self.idle = idle
+        self._next_confirm = 0.0
 
     async def run(self) -> None:
         """Dispatch due jobs to up to fax.submit_concurrency concurrent submissions;
@@ -46,6 +47,10 @@ class Submitter:
                 limit = self.bridge.cfg.fax.submit_concurrency - len(inflight)
                 jobs = (await self.bridge.db(store.next_jobs, limit, frozenset(inflight))
                         if limit > 0 else [])
+                if time.monotonic() >= self._next_confirm:
+                    self._next_confirm = time.monotonic() + \
+                        self.bridge.cfg.fax.report_poll_min_seconds
+                    await self.confirm_unconfirmed()
                 if not jobs:
                     self.bridge.submit_wakeup.clear()
                     with contextlib.suppress(TimeoutError):
@@ -102,6 +107,14 @@ class Submitter:
             return
         try:
             retarus_id, base = await fax4a.send(body)
+        except Unconfirmed as exc:
+            # It may be at Retarus already: hold it as unconfirmed; the confirmation
+            # pass promotes it once Retarus lists it under our customerDefinedId.
+            log.warning("job=%s message_id=%s %s; not resending", job_id, job["message_id"],
+                        exc)
+            await self.bridge.db(store.set_job_state, job_id, "held", event="unconfirmed",
+                                 detail=f"{exc}; {UNCONFIRMED_HINT}", error=UNCONFIRMED)
+            return
         except (Transient, AuthError) as exc:
             now = time.time()
             if now >= job["deadline"]:
@@ -139,30 +152,46 @@ class Submitter:
 
     async def recover(self) -> None:
         """Jobs left in `submitting` by a crash: the POST may or may not have reached
-        Retarus. Look for our id in the reports' customerDefinedId; if it is not
-        there, hold the job rather than risk sending the fax twice."""
+        Retarus. They become unconfirmed and go through the confirmation pass: found
+        by customerDefinedId → submitted; not found → held for the admin, never resent."""
+        store = self.bridge.store
+        assert store is not None
+        for job in await self.bridge.db(store.jobs_in, ("submitting",)):
+            await self.bridge.db(store.set_job_state, job["id"], "held", event="unconfirmed",
+                                 detail=f"interrupted while submitting; {UNCONFIRMED_HINT}",
+                                 error=UNCONFIRMED)
+        await self.confirm_unconfirmed()
+
+    async def confirm_unconfirmed(self) -> None:
+        """Look for unconfirmed jobs at Retarus (the list endpoint shows completed jobs
+        with their reference.customerDefinedId) and promote the ones found."""
         store, fax4a = self.bridge.store, self.bridge.fax4a
         assert store is not None and fax4a is not None
-        stuck = await self.bridge.db(store.jobs_in, ("submitting",))
-        if not stuck:
+        waiting = [j for j in await self.bridge.db(store.jobs_in, ("held",))
+                   if j["last_error"] == UNCONFIRMED and j["valid_until"] > time.time()]
+        if not waiting:
             return
         try:
             reports = await fax4a.list_all_reports()
-        except Exception as exc:  # noqa: BLE001
-            log.error("recovery: cannot list reports (%s); holding %d job(s)", exc, len(stuck))
-            reports = []
+        except FaxbridgeError as exc:
+            log.warning("cannot look for %d unconfirmed job(s) at Retarus: %s", len(waiting),
+                        exc)
+            return
         by_ref = {(r.reference or {}).get("customerDefinedId"): (r, base) for r, base in reports}
-        for job in stuck:
+        for job in waiting:
             found = by_ref.get(job["id"])
             if found:
                 rep, base = found
                 await self.bridge.db(
-                    store.set_job_state, job["id"], "submitted", event="recovered",
-                    detail=f"found at Retarus after restart as {rep.jobId} ({base})",
-                    retarus_job_id=rep.jobId, datacenter=base)
-            else:
-                await self.bridge.db(
-                    store.set_job_state, job["id"], "held", event="held",
-                    detail="interrupted while submitting and not found at Retarus; "
-                           "release with `faxbridge jobs release ID` to send it again",
-                    error="interrupted during submission")
+                    store.set_job_state, job["id"], "submitted", event="confirmed",
+                    detail=f"found at Retarus as {rep.jobId} ({base})",
+                    retarus_job_id=rep.jobId, datacenter=base, next_attempt=0,
+                    expect=("held",))
+                log.info("job=%s message_id=%s confirmed at Retarus as %s", job["id"],
+                         job["message_id"], rep.jobId)
+
+
+UNCONFIRMED = "unconfirmed submission"
+UNCONFIRMED_HINT = ("Retarus may have the job; it is looked up by customerDefinedId and "
+                    "promoted when found. If it never shows up, `faxbridge jobs release ID` "
+                    "sends it again")

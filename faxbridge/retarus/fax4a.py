@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from faxbridge.errors import NotFound, Permanent, Transient
+from faxbridge.errors import NotFound, Permanent, Transient, Unconfirmed
 from faxbridge.retarus.http import check, request
 from faxbridge.retarus.models import (
     DeletionList,
@@ -59,9 +59,9 @@ class Fax4AClient:
         """Submit a job; returns (jobId, base URL that took it).
 
         Falls over to the data-center URLs only when the HA URL refused the
-        connection or answered 503: then the job surely was not taken. A timeout
-        after the request went out is NOT retried elsewhere (it may have been
-        accepted; the submit worker decides, using customerDefinedId)."""
+        connection or answered 503: then the job surely was not taken. No answer
+        after the request went out raises Unconfirmed (it may have been accepted;
+        the submit worker looks for it by customerDefinedId, never resends blindly)."""
         body = job if isinstance(job, bytes) else self.encode(job)
         headers = {"Content-Type": "application/json"}
         urls = (self.ep.send_url, *[u for u in self.ep.datacenter_urls
@@ -74,9 +74,13 @@ class Fax4AClient:
             except httpx.ConnectError as exc:
                 last = Transient(f"send fax: cannot connect to {base}: {exc}")
                 continue
-            except httpx.TimeoutException as exc:
-                raise Transient(f"send fax: timeout at {base} ({type(exc).__name__})",
-                                status=None) from exc
+            except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                # never left this machine: safe to call it a plain transient error
+                raise Transient(f"send fax: timeout connecting to {base}") from exc
+            except (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError) as exc:
+                # the body went out and no answer came: Fax4A may have taken the job
+                raise Unconfirmed(f"send fax: no answer from {base} after sending "
+                                  f"({type(exc).__name__})") from exc
             except httpx.TransportError as exc:
                 raise Transient(f"send fax: connection to {base} failed: {exc}") from exc
             if resp.status_code == 503:

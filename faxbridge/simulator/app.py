@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import fnmatch
 import itertools
 import json
@@ -28,7 +29,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from faxbridge.simulator.pdf import tiny_pdf
 from faxbridge.simulator.validate import page_count, validate_job
@@ -197,7 +198,22 @@ class FaultLayer:
             await self.app(scope, receive, send)
             return
         if fault.delay:
+            # A slow server has the whole request and answers late: read the body
+            # first, so the request takes effect even if the client gives up waiting.
+            messages = []
+            while True:
+                msg = await receive()
+                messages.append(msg)
+                if msg["type"] != "http.request" or not msg.get("more_body"):
+                    break
             await asyncio.sleep(fault.delay)
+            replay = iter(messages)
+
+            async def replayed() -> Message:
+                return next(replay, {"type": "http.disconnect"})
+            if not fault.drop and not fault.status:
+                await self.app(scope, replayed, _ignore_closed(send))
+                return
         if fault.drop:
             transport = getattr(getattr(receive, "__self__", None), "transport", None)
             if transport is not None:
@@ -209,6 +225,14 @@ class FaultLayer:
             await Response(status_code=fault.status, headers=headers)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def _ignore_closed(send: Send) -> Send:
+    """The client may have gone away while we were slow; that is its business."""
+    async def wrapped(message: Message) -> None:
+        with contextlib.suppress(OSError, RuntimeError):
+            await send(message)
+    return wrapped
 
 
 def build_app(state: SimState) -> FaultLayer:
