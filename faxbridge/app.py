@@ -66,7 +66,7 @@ class Bridge:
         self.fax4a: Fax4AClient | None = None
         self._http: httpx.AsyncClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = asyncio.Event()
+        self._old_http: list[httpx.AsyncClient] = []
         self.submit_wakeup = asyncio.Event()
         self.mail_wakeup = asyncio.Event()
         self.inbound_wakeup = asyncio.Event()
@@ -122,15 +122,7 @@ class Bridge:
                                          "simulator.listen")
             await self.sim_server.start()
             self.sim_url = self.sim_server.url
-        password = cfg.retarus.password.resolve() or (
-            SIM_PASSWORD if cfg.retarus.mode == "simulator" else None)
-        if password is None:
-            raise RuntimeError("retarus.password: no password (set retarus.password.env "
-                               "or retarus.password.file)")
-        self._http = make_client(cfg.retarus.username, password, cfg.retarus.timeout)
-        self.fax4a = Fax4AClient(
-            Fax4AEndpoints(cfg.retarus.customer_number, cfg.send_url(self.sim_url),
-                           cfg.datacenter_urls(self.sim_url)), self._http)
+        self._connect_retarus()
         from faxbridge.web.app import build_web_app
         self.http_server = HttpServer(build_web_app(self), cfg.http.listen, "http.listen")
         await self.http_server.start()
@@ -166,38 +158,75 @@ class Bridge:
 
     async def reload(self, new: Config) -> list[str]:
         """Switch to a validated config. New SMTP sessions and new jobs use it at once
-        (the handler reads bridge.cfg per command); nothing in flight is dropped;
-        a changed listen address restarts that listener; topics restart their pollers."""
+        (the handler reads bridge.cfg per command); nothing in flight is dropped.
+        A changed listen address binds the new listener before the old one closes;
+        if it cannot bind, the old config stays in force and the error is logged."""
         from faxbridge.mail.compose import Composer
         from faxbridge.mail.transport import make_transport
+        from faxbridge.smtp.server import start_smtp
+        from faxbridge.web.app import build_web_app
+        from faxbridge.web.server import ListenError
         old, changes = self.cfg, []
+        smtp_restart = (new.smtp.listen, new.smtp.tls_cert, new.smtp.tls_key) != \
+            (old.smtp.listen, old.smtp.tls_cert, old.smtp.tls_key)
         self.cfg = new
+        try:
+            if smtp_restart:
+                same_port = new.smtp.listen == old.smtp.listen
+                if same_port and self.smtp_server is not None:
+                    self.smtp_server.close()  # only TLS changed: the port must be free
+                server, address = await start_smtp(self)
+                if not same_port and self.smtp_server is not None:
+                    self.smtp_server.close()  # existing sessions go on on their sockets
+                self.smtp_server, self.smtp_address = server, address
+                changes.append("smtp listener")
+            if new.http.listen != old.http.listen and self.http_server is not None:
+                fresh = HttpServer(build_web_app(self), new.http.listen, "http.listen")
+                await fresh.start()
+                await self.http_server.stop()
+                self.http_server = fresh
+                changes.append("http listener")
+        except (ListenError, OSError) as exc:
+            self.cfg = old
+            log.error("reload refused, keeping the running config: %s", exc)
+            return []
         self.composer = Composer(new.mail.template_dir, new.smtp.hostname)
         self.transport = make_transport(new.mail, new.storage.data_dir)
-        if new.smtp != old.smtp:
-            changes.append("smtp")
-            if self.smtp_server is not None:
-                self.smtp_server.close()  # existing sessions continue on their sockets
-            await self._start_smtp()
-        if new.http.listen != old.http.listen and self.http_server is not None:
-            changes.append("http")
-            from faxbridge.web.app import build_web_app
-            await self.http_server.stop()
-            self.http_server = HttpServer(build_web_app(self), new.http.listen, "http.listen")
-            await self.http_server.start()
+        if new.retarus != old.retarus:
+            self._connect_retarus()
+            changes.append("retarus")
         if new.topics != old.topics:
-            changes.append("topics")
             await self._stop_topics()
             self._start_topics()
-        if new.senders != old.senders:
-            changes.append("senders")
-        log.info("configuration reloaded (%s)", ", ".join(changes) or "no listener changes")
+            changes.append("topics")
+        for section in ("senders", "fax", "mail", "smtp"):
+            if getattr(new, section) != getattr(old, section) and section not in changes:
+                changes.append(section)
+        for section in ("storage", "simulator", "logging"):
+            if getattr(new, section) != getattr(old, section):
+                log.warning("[%s] changed: takes effect at the next restart", section)
+        log.info("configuration reloaded (%s)", ", ".join(changes) or "nothing changed")
         return changes
+
+    def _connect_retarus(self) -> None:
+        """(Re)build the Fax4A client from the current config; a replaced client is
+        closed at stop, so requests in flight on it finish."""
+        cfg = self.cfg
+        password = cfg.retarus.password.resolve() or (
+            SIM_PASSWORD if cfg.retarus.mode == "simulator" else None)
+        if password is None:
+            raise RuntimeError("retarus.password: no password (set retarus.password.env "
+                               "or retarus.password.file)")
+        if self._http is not None:
+            self._old_http.append(self._http)
+        self._http = make_client(cfg.retarus.username, password, cfg.retarus.timeout)
+        self.fax4a = Fax4AClient(
+            Fax4AEndpoints(cfg.retarus.customer_number, cfg.send_url(self.sim_url),
+                           cfg.datacenter_urls(self.sim_url)), self._http)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting (newcomers get 421), let sessions in DATA finish within
         `grace`, stop workers between items, ack the current pull batches, close."""
-        self._stopping.set()
         self.accepting = False
         deadline = asyncio.get_running_loop().time() + grace
         while self.sessions_in_data and asyncio.get_running_loop().time() < deadline:
@@ -215,8 +244,9 @@ class Bridge:
         for srv in (self.http_server, self.sim_server):
             if srv is not None:
                 await srv.stop()
-        if self._http is not None:
-            await self._http.aclose()
+        for client in (*self._old_http, self._http):
+            if client is not None:
+                await client.aclose()
         self._cpu_pool.shutdown(wait=True)
         self._db_pool.shutdown(wait=True)
         if self.store is not None:

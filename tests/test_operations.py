@@ -278,3 +278,32 @@ def test_dockerfile_entry_point_and_healthcheck_exist(tmp_path):
     for path in ("pyproject.toml", "README.md", "config.example.toml", "faxbridge", "templates"):
         assert (ROOT / path).exists() and path in text
 
+
+
+async def test_reload_moves_the_listener_and_keeps_the_old_config_on_a_busy_port(
+        make_bridge):
+    import socket
+
+    import pytest
+    bridge = await make_bridge()
+    old_port = int(bridge.smtp_address.rsplit(":", 1)[1])
+    new_port = free_port()
+    moved = bridge.cfg.model_copy(update={
+        "smtp": bridge.cfg.smtp.model_copy(update={"listen": f"127.0.0.1:{new_port}"}),
+        "retarus": bridge.cfg.retarus.model_copy(update={"timeout": 5.0})})
+    old_client = bridge.fax4a
+    assert await bridge.reload(moved) == ["smtp listener", "retarus", "smtp"]
+    assert bridge.smtp_address == f"127.0.0.1:{new_port}" and bridge.fax4a is not old_client
+    assert (await send(bridge.smtp_address, mail())).data[0] == 250
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", old_port), timeout=2).close()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = bridge.cfg.model_copy(update={"smtp": bridge.cfg.smtp.model_copy(
+            update={"listen": f"127.0.0.1:{busy.getsockname()[1]}", "max_recipients": 1})})
+        assert await bridge.reload(taken) == []
+    assert bridge.cfg is moved and bridge.cfg.smtp.max_recipients == 50
+    t = await send(bridge.smtp_address, mail(), rcpts=["+4989123456@fax.local",
+                                                        "+4930123456@fax.local"])
+    assert [c for c, _ in t.rcpt] == [250, 250]  # the old limits are still in force
