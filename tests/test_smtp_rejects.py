@@ -177,6 +177,9 @@ async def test_store_failure_answers_451_and_commits_nothing(make_bridge):
     assert bridge.store.list_jobs() == []
     t2 = await send(bridge.smtp_address, mail())  # the sender's MTA retries: accepted
     assert t2.data[0] == 250 and len(bridge.store.list_jobs()) == 1
+    rows = await flushed(bridge, 2)  # the 451 is in the SMTP log too, without a job
+    failed = [r for r in rows if r["reply"].startswith("451 4.3.0")]
+    assert len(failed) == 1 and failed[0]["job_id"] is None and failed[0]["ok"] == 0
 
 
 async def test_rejections_are_explained_by_the_log_command(office, tmp_path):

@@ -67,17 +67,16 @@ class FaxHandler:
         if tx is None or tx.logged:
             return
         tx.logged = True
+        refused = [r["reply"] for r in tx.record.recipients
+                   if not str(r.get("reply", "")).startswith("250")]
+        # The reason that counts is the last refusal when the client just gave up.
+        reason = tx.record.reply or (refused[-1] if refused else reply or "")
         if reply and not tx.record.reply:
-            refused = [r["reply"] for r in tx.record.recipients
-                       if not str(r.get("reply", "")).startswith("250")]
             tx.record.reply = f"{reply} after {refused[-1]}" if refused else reply
+        self.bridge.metrics.smtp_reply(reason, False)
         store = self.bridge.store
         if store is None:
             return
-        reply_for_metrics = tx.record.reply or ""
-        if reply_for_metrics.startswith("(") and " after " in reply_for_metrics:
-            reply_for_metrics = reply_for_metrics.split(" after ", 1)[1]
-        self.bridge.metrics.smtp_reply(reply_for_metrics, False)
         # Off the event loop: a commit waits for fsync.
         fut = asyncio.ensure_future(self.bridge.db(store.add_log, tx.record))
         fut.add_done_callback(_log_failure)
@@ -226,8 +225,8 @@ class FaxHandler:
             log.error("store failure, answering 451: %s", exc)
             rec.ok, rec.job_id = False, None
             rec.reply = replies.S451_STORE
-            tx.logged = True
-            self.bridge.metrics.smtp_reply(rec.reply, False)
+            tx.logged = False
+            self.flush(session)  # the log record is tried on its own (it may fail too)
             return rec.reply
         tx.logged = True
         self.bridge.metrics.smtp_reply(rec.reply, True)
