@@ -322,3 +322,32 @@ def test_file_format_preference_picks_one_of_several_formats():
                                                        "http://x/files/1-1.tif"]
     assert [d.url for d in preferred(docs, "tif")] == ["http://x/files/1.tif",
                                                        "http://x/files/1-1.tif"]
+
+
+async def test_restart_finishes_faxes_whose_mail_outcome_was_recorded(sim, make_bridge,
+                                                                       tmp_path):
+    """Crash between the mail worker's commit and the inbound hook, both ways: a mail
+    recorded as sent → delivered without a second mail; a mail recorded as refused →
+    the fallback mailbox gets it."""
+    _, url = sim
+    a, b = await inject(url), await inject(url)
+    cfg = bridge_config(tmp_path, **wired(tmp_path, url, [topic("demo", url,
+                                                                ["in@example.com"])]))
+    first = await make_bridge(cfg)
+    d = cfg.storage.data_dir
+    await settle(lambda: len(inbox(d, "in@example.com")) == 2 and all(
+        first.store.inbound(f"demo/{x}")["state"] == "delivered" for x in (a, b)))
+    await first.stop()
+    store = Store(d / "faxbridge.sqlite3")
+    with store.db.tx() as c:  # the state the crash would have left
+        c.execute("UPDATE inbound SET state='mailing'")
+        c.execute("UPDATE mail_out SET state='failed', last_error='550 5.1.1 gone' "
+                  "WHERE ref=?", (f"demo/{b}",))
+    store.close()
+    second = await make_bridge(cfg)
+    await settle(lambda: second.store.inbound(f"demo/{a}")["state"] == "delivered"
+                 and inbox(d, "postmaster@localhost"))
+    assert len(inbox(d, "in@example.com")) == 2  # no second mail for a
+    assert fax_ids(inbox(d, "postmaster@localhost")) == [b]
+    assert "550 5.1.1 gone" in inbox(d, "postmaster@localhost")[0].get_body(
+        ("plain",)).get_content()

@@ -93,9 +93,24 @@ class Deliverer:
     def topic(self, name: str) -> Topic | None:
         return next((t for t in self.bridge.cfg.topics if t.name == name), None)
 
+    async def resume(self) -> None:
+        """Faxes left in `mailing` whose mail was already recorded as sent or failed
+        (a crash between the mail worker's commit and this hook) finish their step."""
+        store = self.bridge.store
+        assert store is not None
+        for row in await self.bridge.db(store.inbound_in, ("mailing",)):
+            mail = await self.bridge.db(store.latest_mail, "inbound", row["id"])
+            if mail is None:
+                await self.queue(row)
+            elif mail["state"] == "sent":
+                await self.on_sent(mail, [])
+            elif mail["state"] == "failed":
+                await self.on_failed(mail, mail["last_error"] or "refused")
+
     async def run(self) -> None:
         store = self.bridge.store
         assert store is not None
+        await self.resume()
         while True:
             for row in await self.bridge.db(store.inbound_in, ("stored",)):
                 try:

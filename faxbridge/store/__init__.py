@@ -429,6 +429,11 @@ class Store:
                       " next_attempt=COALESCE(?,next_attempt), attempts=attempts+1 WHERE id=?",
                       (state, time.time(), error, next_attempt, mail_id))
 
+    def latest_mail(self, kind: str, ref: str) -> sqlite3.Row | None:
+        rows = self.db.query("SELECT * FROM mail_out WHERE kind=? AND ref=? ORDER BY id DESC "
+                             "LIMIT 1", (kind, ref))
+        return rows[0] if rows else None
+
     def list_mail(self, limit: int = 100) -> list[sqlite3.Row]:
         return self.db.query("SELECT id,state,created,kind,ref,mail_from,recipients_json,"
                              "attempts,last_error FROM mail_out ORDER BY id DESC LIMIT ?",
