@@ -104,7 +104,8 @@ class Tracker:
                 except Exception:  # noqa: BLE001 - one job never stops the tracker
                     log.exception("job=%s tracking error", job["id"])
                     await self.bridge.db(store.schedule_poll, job["id"],
-                                         time.time() + self._interval(job), "tracking error")
+                                         time.time() + self._interval(job), "tracking error",
+                                         "tracking error (see the log)")
             await asyncio.sleep(min(1.0, self.bridge.cfg.fax.report_poll_min_seconds / 2))
 
     def _interval(self, job: sqlite3.Row) -> float:
@@ -125,19 +126,21 @@ class Tracker:
             await finish(self.bridge, job, results=results, submitted=True, source="timeout",
                          error="No final report arrived from the fax service in time.")
             return
+        error = None
         try:
             report, base = await fax4a.get_report(job["retarus_job_id"])
         except NotFound:
             detail = "no data center has the report yet"
         except (Transient, AuthError) as exc:
-            detail = f"report poll failed: {exc}"
+            detail = error = f"report poll failed: {exc}"
         else:
             self.bridge.last_contact["retarus"] = time.time()
             if report.final:
                 await apply_report(self.bridge, job, report, "poll", datacenter=base)
                 return
             detail = f"PENDING at {base}"
-        await self.bridge.db(store.schedule_poll, job["id"], now + self._interval(job), detail)
+        await self.bridge.db(store.schedule_poll, job["id"], now + self._interval(job), detail,
+                             error)
 
 
 class ReportCleaner:
@@ -168,7 +171,11 @@ class ReportCleaner:
         for dc, jobs in by_dc.items():
             if dc is None:  # data center unknown: delete where it is found
                 for j in jobs:
-                    rep = await fax4a.delete_report(j["retarus_job_id"])
+                    try:
+                        rep = await fax4a.delete_report(j["retarus_job_id"])
+                    except Transient as exc:  # one unreachable DC: the next pass retries
+                        log.warning("job=%s report clean-up deferred: %s", j["id"], exc)
+                        continue
                     await self.bridge.db(store.mark_reports_deleted, [j["id"]],
                                          f"deleted at Retarus: {rep.deleted} {rep.reason or ''}")
                 continue

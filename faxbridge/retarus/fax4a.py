@@ -145,13 +145,19 @@ class Fax4AClient:
 
     async def delete_report(self, job_id: str, base: str | None = None) -> DeletionReport:
         """Delete one report where it lives (or on each data center in turn).
-        An unknown job may be answered 404 or 400 (WIRE.md §2.5): both mean not found."""
+        An unknown job may be answered 404 or 400 (WIRE.md §2.5): both mean not found.
+        A data center that cannot be reached does not stop the search on the others;
+        if the report was found nowhere, its error is raised so the caller tries again."""
+        transient: Transient | None = None
         for dc in ([base] if base else list(self.ep.datacenter_urls)):
             try:
                 resp = await request(self.http, "DELETE",
                                      self._url(dc, f"/fax/reports/{job_id}"),
                                      f"delete report {job_id} at {dc}")
             except NotFound:
+                continue
+            except Transient as exc:
+                transient = exc
                 continue
             except Permanent as exc:
                 if exc.status == 400:
@@ -160,6 +166,8 @@ class Fax4AClient:
             rep = DeletionReport.model_validate_json(resp.content)
             if rep.deleted:
                 return rep
+        if transient is not None:
+            raise transient
         return DeletionReport(jobId=job_id, deleted=False, reason="NOT_FOUND")
 
     async def delete_oldest(self, base: str) -> list[DeletionReport]:

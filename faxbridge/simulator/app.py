@@ -275,6 +275,12 @@ def build_app(state: SimState) -> FaultLayer:
                                    push_opts.get("credentials") or "")
         async with httpx.AsyncClient(timeout=10.0) as client:
             for attempt in range(3):  # Retarus' retry policy is UNKNOWN (WIRE.md §4)
+                # a fault on the job's data center ("push" or "any") means that data
+                # center is down: its push does not go out this time
+                if state.take_fault("push", job.dc) is not None:
+                    job.pushes.append({"ts": time.time(), "error": "data center fault"})
+                    await asyncio.sleep(1.0 + attempt)
+                    continue
                 try:
                     resp = await client.post(url, json=payload, auth=auth)
                     job.pushes.append({"ts": time.time(), "status": resp.status_code})

@@ -263,10 +263,13 @@ class Store:
         return self.db.query("SELECT * FROM jobs WHERE state='submitted' AND next_attempt<=? "
                              "ORDER BY next_attempt LIMIT ?", (now, limit))
 
-    def schedule_poll(self, job_id: str, next_attempt: float, detail: str | None) -> None:
+    def schedule_poll(self, job_id: str, next_attempt: float, detail: str | None,
+                      error: str | None = None) -> None:
+        """Next report poll; `error` (a poll that failed) is shown as the job's last
+        error until a poll gets through again."""
         with self.db.tx() as c:
-            c.execute("UPDATE jobs SET next_attempt=?, updated=? WHERE id=?",
-                      (next_attempt, time.time(), job_id))
+            c.execute("UPDATE jobs SET next_attempt=?, updated=?, last_error=? WHERE id=?",
+                      (next_attempt, time.time(), error, job_id))
             if detail:
                 self._event(c, job_id, "poll", detail)
 

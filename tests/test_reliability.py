@@ -1,0 +1,287 @@
+"""The reliability suite's cross-cutting cases: kill -9 at random moments while mail
+streams in *and* faxes arrive; a data center down; a relay that is slow or defers.
+
+Single-fault cases live next to the code they exercise (test_submit, test_inbound,
+test_reports, test_bad_input); these combine them the way production does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import mailbox
+import os
+import random
+import smtplib
+import threading
+from email.message import EmailMessage
+from pathlib import Path
+
+import httpx
+
+from faxbridge.mail.transport import maildir_path
+from faxbridge.store import Store
+from tests.conftest import Proc, free_port, sim_jobs, wait_for
+from tests.relay import Relay
+from tests.smtp_client import send
+from tests.test_inbound import fax_ids, inbox, inject, sim_post
+
+FAST = {"report_poll_min_seconds": 0.1, "report_poll_max_seconds": 0.3}
+MAIL_FAST = {"retry_min_seconds": 0.2, "retry_max_seconds": 0.5}
+
+
+def numbered_mail(n: int) -> bytes:
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = "alice@example.com", "+4989123456@fax.local", f"m{n}"
+    m["Message-ID"] = f"<stream-{n}@example.com>"
+    m.set_content(f"mail number {n}")
+    return m.as_bytes().replace(b"\n", b"\r\n")
+
+
+def stream(address: str, counter: list[int], accepted: list[str],
+           stop: threading.Event) -> None:
+    """Send mail after mail until the bridge dies or `stop` is set; record each 250."""
+    host, port = address.split(":")
+    while not stop.is_set():
+        counter[0] += 1
+        n = counter[0]
+        try:
+            with smtplib.SMTP(host, int(port), timeout=5) as s:
+                s.ehlo()
+                s.mail("alice@example.com")
+                s.rcpt("+4989123456@fax.local")
+                code, msg = s.data(numbered_mail(n))
+        except (OSError, smtplib.SMTPException):
+            return
+        if code == 250:
+            accepted.append(msg.decode().split("Queued as ")[1].split(":")[0])
+
+
+def maildir_messages(data: Path, address: str) -> list[EmailMessage]:
+    path = maildir_path(data / "mail", address)
+    if not path.exists():
+        return []
+    return [email.message_from_bytes(m.as_bytes(), policy=email.policy.default)
+            for m in mailbox.Maildir(str(path), create=False)]
+
+
+async def test_kill9_at_random_moments_with_mail_and_faxes_in_flight(tmp_path, procs,
+                                                                    monkeypatch):
+    """Mail streams in on three connections while faxes arrive on a topic; the bridge is
+    killed at a random moment, restarted, killed again … Afterwards every 250 is one job
+    sent at most once, every fax is mailed exactly once, every finished job has exactly
+    one report, and SQLite's integrity check passes."""
+    seed = int(os.environ.get("FB_CRASH_SEED", random.randrange(1 << 30)))
+    rnd = random.Random(seed)
+    why = f"(reproduce with FB_CRASH_SEED={seed})"
+    sim_port, smtp_port, http_port = free_port(), free_port(), free_port()
+    sim = Proc(["simulator", "--listen", f"127.0.0.1:{sim_port}", "--complete-after", "0.2"],
+               tmp_path)
+    procs.append(sim)
+    sim.wait_output("Retarus simulator on")
+    url = f"http://127.0.0.1:{sim_port}"
+    await sim_post(url, "config", {"lock_seconds": 1})
+    data = tmp_path / "data"
+    cfg = tmp_path / "bridge.toml"
+    cfg.write_text(f"""
+[retarus]
+send_url = "{url}/fax4a/ha-de/rest/v1"
+datacenter_urls = ["{url}/fax4a/de1/rest/v1", "{url}/fax4a/de2/rest/v1"]
+[fax]
+report_poll_min_seconds = 0.1
+report_poll_max_seconds = 0.3
+[[senders]]
+name = "all"
+match = ["*"]
+[[topics]]
+name = "demo"
+url = "{url}/faxin/rest/v1"
+password = {{ env = "FB_CRASH_PULL_PW" }}
+addresses = ["in@example.com"]
+poll_interval = 0.1
+[storage]
+data_dir = "{data}"
+""")
+    args = ["serve", "--config", str(cfg), "--smtp-listen", f"127.0.0.1:{smtp_port}",
+            "--http-listen", f"127.0.0.1:{http_port}"]
+    monkeypatch.setenv("FB_CRASH_PULL_PW", "simulator")  # inherited by the bridges
+    accepted: list[str] = []
+    injected: list[str] = []
+    counter = [0]
+    rounds = 4
+    for _ in range(rounds):
+        bridge = Proc(args, tmp_path)
+        procs.append(bridge)
+        bridge.wait_output("faxbridge listening")
+        stop = threading.Event()
+        threads = [threading.Thread(target=stream, args=(f"127.0.0.1:{smtp_port}", counter,
+                                                         accepted, stop)) for _ in range(3)]
+        for th in threads:
+            th.start()
+        life = rnd.uniform(0.3, 2.5)
+        end = asyncio.get_running_loop().time() + life
+        while asyncio.get_running_loop().time() < end:
+            injected.append(await inject(url))
+            await asyncio.sleep(rnd.uniform(0.02, 0.2))
+        bridge.kill9()
+        stop.set()
+        for th in threads:
+            th.join()
+    assert len(accepted) > 10 and len(injected) > 5, f"too little traffic {why}"
+
+    final = Proc(args, tmp_path)
+    procs.append(final)
+    final.wait_output("faxbridge listening")
+    store = Store(data / "faxbridge.sqlite3")
+    try:
+        async def all_acked() -> bool:
+            async with httpx.AsyncClient() as c:
+                return all(f["acked"] for f in (await c.get(f"{url}/_sim/inbound")).json())
+        await wait_for(all_acked, timeout=40)
+
+        def settled() -> bool:
+            rows = store.db.query("SELECT state FROM jobs")
+            mails = store.db.query("SELECT state FROM mail_out")
+            return (all(r["state"] in ("held", "done", "failed") for r in rows)
+                    and all(m["state"] != "queued" for m in mails))
+        await wait_for(settled, timeout=40)
+        await asyncio.sleep(0.5)  # a duplicate mail would show up by now
+        assert store.integrity_check() == "ok"
+
+        # outbound: each 250 is a job, sent to Retarus at most once
+        received = [j["request"]["reference"]["customerDefinedId"] for j in await sim_jobs(url)]
+        assert len(received) == len(set(received)), f"a fax was sent twice {why}"
+        for job_id in accepted:
+            row = store.job(job_id)
+            assert row is not None, f"250 for {job_id} but no job {why}"
+            if row["state"] == "held":  # killed between claim and POST: held, never guessed
+                assert job_id not in received and row["last_error"] == \
+                    "unconfirmed submission", why
+            else:
+                assert received.count(job_id) == 1, (job_id, row["state"], why)
+
+        # reports: each finished job reported exactly once
+        finished = {r["id"] for r in store.db.query(
+            "SELECT id FROM jobs WHERE state IN ('done', 'failed')")}
+        threads_of = [m["In-Reply-To"] for m in maildir_messages(data, "alice@example.com")]
+        assert len(threads_of) == len(set(threads_of)), f"a report was mailed twice {why}"
+        assert len(threads_of) == len(finished), why
+
+        # inbound: each received fax mailed exactly once
+        assert sorted(fax_ids(inbox(data, "in@example.com"))) == sorted(injected), why
+    finally:
+        store.close()
+
+
+async def test_one_data_center_down_jobs_go_through_the_other(make_bridge):
+    """de1 answers 503 to everything (its load balancer is up, the back end is not);
+    the HA URL routes around it (WIRE.md §1.3). Tracking must find the reports on de2,
+    and the admin sees the de1 errors only as detail, never as a failed job."""
+    bridge = await make_bridge(fax=FAST)
+    async with httpx.AsyncClient() as c:
+        await c.post(f"{bridge.sim_url}/_sim/config", json={"ha_route": {"ha-de": "de2"}})
+        await c.post(f"{bridge.sim_url}/_sim/faults",
+                     json={"dc": "de1", "endpoint": "any", "status": 503, "count": 10_000})
+    ids = [(await send(bridge.smtp_address, _fax(n))).job_id for n in range(3)]
+    for job_id in ids:
+        await wait_for(lambda j=job_id: bridge.store.job(j)["state"] == "done", timeout=20)
+    for job_id in ids:
+        polls = [e["detail"] for e in bridge.store.job_events(job_id) if e["kind"] == "poll"]
+        assert polls and all("/de2/" in d for d in polls), polls
+    # the final reports are deleted at de2 although de1 fails every call
+    await wait_for(lambda: all(bridge.store.job(j)["report_deleted"] for j in ids), timeout=20)
+    assert not bridge.sim_state.reports["de2"]
+    async with httpx.AsyncClient() as c:
+        calls = (await c.get(f"{bridge.sim_url}/_sim/calls")).json()
+    assert any(call["dc"] == "de1" for call in calls), "de1 was never tried"
+
+
+async def test_data_center_down_after_submission_keeps_the_job_visible(make_bridge):
+    """The job sits on de1 and de1 goes away (no answers, no pushes): the job stays
+    'submitted' with the poll error for the admin, and is finished once de1 is back."""
+    bridge = await make_bridge(fax=FAST)
+    async with httpx.AsyncClient() as c:
+        await c.post(f"{bridge.sim_url}/_sim/config", json={"ha_route": {"ha-de": "de1"}})
+        await c.post(f"{bridge.sim_url}/_sim/faults",
+                     json={"dc": "de1", "endpoint": "any", "drop": True, "count": 10_000})
+    t = await send(bridge.smtp_address, _fax(0))
+    job = await wait_for(lambda: (j := bridge.store.job(t.job_id))["state"] == "submitted"
+                         and j["last_error"] and "report poll failed" in j["last_error"]
+                         and j, timeout=20)
+    assert job["state"] == "submitted"
+    await asyncio.sleep(1.0)
+    assert bridge.store.job(t.job_id)["state"] == "submitted"
+    async with httpx.AsyncClient() as c:
+        await c.post(f"{bridge.sim_url}/_sim/faults", json={"clear": True})
+    await wait_for(lambda: bridge.store.job(t.job_id)["state"] == "done", timeout=20)
+
+
+def _fax(n: int) -> EmailMessage:
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = "alice@example.com", "+4989123456@fax.local", f"f{n}"
+    m["Message-ID"] = f"<rel-{n}@example.com>"
+    m.set_content("Please pay.")
+    return m
+
+
+async def _relay_bridge(make_bridge, relay: Relay, **relay_cfg):
+    return await make_bridge(fax=FAST, mail={
+        "transport": "smtp", **MAIL_FAST,
+        "relay": {"host": "127.0.0.1", "port": relay.port, "tls": "none", **relay_cfg}})
+
+
+async def test_relay_4xx_is_retried_and_delivered_once(make_bridge):
+    relay = await Relay().start()
+    relay.defer_data = 2
+    try:
+        bridge = await _relay_bridge(make_bridge, relay)
+        await send(bridge.smtp_address, _fax(1))
+        await wait_for(lambda: relay.messages, timeout=20)
+        await asyncio.sleep(1.0)
+        assert len(relay.messages) == 1
+        assert relay.data_replies == [relay.data_reply_4xx] * 2 + ["250"]
+        row = bridge.store.list_mail()[0]
+        assert row["state"] == "sent" and row["attempts"] == 3
+    finally:
+        await relay.stop()
+
+
+async def test_slow_relay_times_out_is_retried_and_delivered_once(make_bridge):
+    """A relay that stalls longer than mail.relay.timeout before answering RCPT: the
+    attempt is abandoned before DATA (nothing can have been accepted), recorded, and
+    retried; once the relay is quick again the report goes out once."""
+    relay = await Relay().start()
+    relay.rcpt_delay = 3.0
+    try:
+        bridge = await _relay_bridge(make_bridge, relay, timeout=0.5)
+        await send(bridge.smtp_address, _fax(2))
+        row = await wait_for(lambda: (m := bridge.store.list_mail()) and m[0]["attempts"] >= 1
+                             and m[0]["last_error"] and m[0], timeout=20)
+        assert row["state"] == "queued" and "unreachable" in row["last_error"]
+        assert relay.messages == []
+        relay.rcpt_delay = 0.0
+        await wait_for(lambda: relay.messages, timeout=20)
+        await asyncio.sleep(1.0)
+        assert len(relay.messages) == 1
+        assert bridge.store.list_mail()[0]["state"] == "sent"
+    finally:
+        await relay.stop()
+
+
+async def test_relay_5xx_at_data_fails_visibly_without_retry(make_bridge):
+    relay = await Relay().start()
+    relay.defer_data = 1_000
+    relay.data_reply_4xx = "554 5.6.0 message content rejected"
+    try:
+        bridge = await _relay_bridge(make_bridge, relay)
+        t = await send(bridge.smtp_address, _fax(3))
+        row = await wait_for(lambda: (m := bridge.store.list_mail()) and
+                             m[0]["state"] == "failed" and m[0], timeout=20)
+        await asyncio.sleep(1.0)
+        assert "554" in row["last_error"] and bridge.store.list_mail()[0]["attempts"] == 1
+        assert len(relay.data_replies) == 1
+        kinds = [e["kind"] for e in bridge.store.job_events(t.job_id)]
+        assert "report-failed" in kinds
+    finally:
+        await relay.stop()
