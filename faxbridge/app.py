@@ -244,6 +244,8 @@ class Bridge:
         for srv in (self.http_server, self.sim_server):
             if srv is not None:
                 await srv.stop()
+        if self.sim_state is not None:
+            await self.sim_state.aclose()
         for client in (*self._old_http, self._http):
             if client is not None:
                 await client.aclose()

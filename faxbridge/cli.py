@@ -120,6 +120,7 @@ def cmd_simulator(args: argparse.Namespace) -> int:
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         await stop.wait()
         await server.stop()
+        await state.aclose()
 
     asyncio.run(main())
     return 0
