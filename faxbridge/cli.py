@@ -219,6 +219,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         if job is None:
             print(f"no job {args.id}")
             return 1
+        if args.raw:  # the mail exactly as it was received, for debugging routing
+            sys.stdout.buffer.write(store.job_raw(args.id) or b"")
+            sys.stdout.flush()
+            return 0
         recips = [dict(r) for r in store.job_recipients(args.id)]
         events = [dict(e) for e in store.job_events(args.id)]
         docs = [{"name": d["name"], "type": d["content_type"], "size": len(d["data"])}
@@ -423,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sender")
     s.add_argument("--limit", type=int, default=50)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--raw", action="store_true", help="show: print the mail as received")
     s.set_defaults(func=cmd_jobs)
 
     s = with_config(sub.add_parser("inbox", help="received faxes"))

@@ -32,6 +32,9 @@ async def test_jobs_list_show_json_and_release(make_bridge):
     assert shown["documents"] == [{"name": "mail-body.txt", "type": "text/plain", "size": 5}]
     text = cli("jobs", "show", t.job_id, "--data-dir", data_dir).stdout
     assert "timeline:" in text and "accepted" in text
+    raw = subprocess.run([sys.executable, "-m", "faxbridge", "jobs", "show", t.job_id, "--raw",
+                          "--data-dir", data_dir], capture_output=True, timeout=60).stdout
+    assert raw == m.as_bytes().replace(b"\n", b"\r\n")  # byte for byte as received
     # release only works on held jobs
     out = cli("jobs", "release", t.job_id, "--data-dir", data_dir)
     assert out.returncode == 1 and "is not held" in out.stdout

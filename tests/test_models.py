@@ -50,3 +50,42 @@ def test_push_shapes_singular_plural_and_sentTS():
     assert b.recipientStatus[0].status == "BUSY" and b.recipientStatus[0].sentTs
     assert FaxReport.model_validate_json(json.dumps(
         {"jobId": "FJ2", "recipientStatus": [{"status": "SOMETHING_NEW"}]})).final
+
+
+def test_streamed_body_is_the_json_of_the_whole_request():
+    """The body sent in base64 chunks is byte for byte a JSON document whose data
+    fields decode to the documents; its announced length is its real length."""
+    import asyncio
+    import base64
+
+    from faxbridge.outbound.request import submission_body
+    from faxbridge.retarus.body import CHUNK
+
+    skeleton = {"reference": {"customerDefinedId": "J1"},
+                "recipients": [{"number": "+4989123456"}],
+                # a header that imitates the placeholder cannot confuse the cut
+                "renderingOptions": {"header": 'x "fb-data-0" \u00e4'}}
+    docs = [("a.pdf", None, bytes(range(256)) * (CHUNK // 256 + 7)),
+            ("b.txt", "UTF-8", "grüß".encode()), ("c.pdf", None, b"%PDF-1.4 12")]
+    body = submission_body(skeleton, docs, "s3cret")
+    whole = bytes(body)
+    assert len(whole) == len(body)
+
+    async def collect() -> bytes:
+        return b"".join([c async for c in body])
+    assert asyncio.run(collect()) == whole == asyncio.run(collect())  # iterable again
+    parsed = json.loads(whole)
+    assert [base64.b64decode(d["data"]) for d in parsed["documents"]] == \
+        [d for _, _, d in docs]
+    assert parsed["renderingOptions"]["header"] == 'x "fb-data-0" \u00e4'
+    assert parsed["documents"][1]["charset"] == "UTF-8"
+
+
+def test_streamed_body_validates_like_the_model():
+    from pydantic import ValidationError
+
+    from faxbridge.outbound.request import submission_body
+    with pytest.raises(ValidationError):
+        submission_body({"recipients": []}, [("a.pdf", None, b"x")])
+    with pytest.raises(ValidationError):  # a document without data
+        submission_body({"recipients": [{"number": "+4989123456"}]}, [("a.pdf", None, b"")])

@@ -9,6 +9,7 @@ Outlook's winmail.dat (5). Every part is accounted for: used, or skipped and why
 
 from __future__ import annotations
 
+import binascii
 import email
 import email.policy
 import html
@@ -20,6 +21,8 @@ from email.message import Message
 from html.parser import HTMLParser
 
 import filetype
+
+from faxbridge.intake.slim import slim
 
 MAX_PARTS = 500
 MAX_DEPTH = 30
@@ -196,8 +199,16 @@ def _looks_like_text(data: bytes) -> bool:
         return False
 
 
+class _NotCut(Exception):
+    """A body cut out by slim() did not come back as one base64 leaf's payload."""
+
+
 class _Walker:
-    def __init__(self, allowed: tuple[str, ...], body_mode: str) -> None:
+    def __init__(self, allowed: tuple[str, ...], body_mode: str, raw: bytes = b"",
+                 cuts: dict[str, tuple[int, int]] | None = None) -> None:
+        self.raw = raw
+        self.cuts = cuts or {}
+        self.used: set[str] = set()
         self.allowed = {t.lower() for t in allowed}
         self.body_mode = body_mode
         self.result = Extraction()
@@ -243,7 +254,9 @@ class _Walker:
             from faxbridge.intake.subject import decode_subject
             filename = decode_subject(filename)
         try:
-            payload = part.get_payload(decode=True) or b""
+            payload = self.payload(part)
+        except _NotCut:
+            raise
         except Exception as exc:  # noqa: BLE001
             self.skip(path, ctype, filename, 0, f"could not be decoded ({exc})")
             return
@@ -281,6 +294,27 @@ class _Walker:
             return
         self.attachments.append((path, filename, ctype, payload))
         self.result.parts.append(PartInfo(path, ctype, filename, size, False, "attachment"))
+
+    def payload(self, part: Message) -> bytes:
+        """The decoded body; a body cut out by slim() is decoded from the received
+        bytes (binascii ignores the line breaks, as RFC 2045 §6.8 asks)."""
+        if self.cuts:
+            try:  # undecoded; it may still fail on a broken charset= (left to below)
+                undecoded = part.get_payload()
+            except Exception:  # noqa: BLE001
+                undecoded = None
+            token = undecoded.rstrip("\r\n") if isinstance(undecoded, str) else None
+            if token in self.cuts:
+                cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+                if cte != "base64" or token in self.used:
+                    raise _NotCut(token)
+                self.used.add(token)
+                start, end = self.cuts[token]
+                try:
+                    return binascii.a2b_base64(memoryview(self.raw)[start:end])
+                except binascii.Error as exc:  # bad padding: the email package's way
+                    raise _NotCut(token) from exc
+        return part.get_payload(decode=True) or b""
 
     def tnef(self, path: str, ctype: str, filename: str | None, payload: bytes) -> None:
         try:
@@ -353,9 +387,22 @@ class _Walker:
 
 
 def extract(raw: bytes, allowed_types: tuple[str, ...], body_mode: str = "first") -> Extraction:
-    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
-    walker = _Walker(allowed_types, body_mode)
+    slimmed = slim(raw)
+    if slimmed.cuts:
+        try:
+            return _extract(slimmed.data, allowed_types, body_mode, raw, slimmed.cuts)
+        except _NotCut:
+            pass  # a cut body was not one leaf's payload after all: parse everything
+    return _extract(raw, allowed_types, body_mode, raw, {})
+
+
+def _extract(data: bytes, allowed_types: tuple[str, ...], body_mode: str, raw: bytes,
+             cuts: dict[str, tuple[int, int]]) -> Extraction:
+    msg = email.message_from_bytes(data, policy=email.policy.compat32)
+    walker = _Walker(allowed_types, body_mode, raw, cuts)
     walker.walk(msg)
+    if walker.used != set(cuts):
+        raise _NotCut(", ".join(sorted(set(cuts) - walker.used)))
     res = walker.finish()
     res.subject = msg.get("Subject")
     res.message_id = (msg.get("Message-ID") or "").strip() or None

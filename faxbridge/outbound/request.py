@@ -1,12 +1,15 @@
 """Build the FaxJobRequest for a job (pure). Document data is kept out of the
-stored request and added from job_documents at submit time."""
+stored request and added from job_documents at submit time, as a body that is
+base64-encoded while it is sent (never whole in memory)."""
 
 from __future__ import annotations
 
-import base64
+import json
+import secrets
 from typing import Any
 
 from faxbridge.config import Config, SenderRule
+from faxbridge.retarus.body import Body
 from faxbridge.retarus.models import FaxJobRequest
 
 
@@ -45,16 +48,33 @@ def request_skeleton(cfg: Config, rule: SenderRule, job_id: str, header: str,
     return req
 
 
-def full_request(skeleton: dict[str, Any], documents: list[tuple[str, str | None, bytes]],
-                 push_password: str | None = None) -> FaxJobRequest:
-    """Add base64 document data (and the push secret, never stored) and validate."""
+def _with_documents(skeleton: dict[str, Any], documents: list[tuple[str, str | None, str]],
+                    push_password: str | None) -> dict[str, Any]:
     body = dict(skeleton)
-    body["documents"] = [
-        {"name": name, **({"charset": charset} if charset else {}),
-         "data": base64.b64encode(data).decode("ascii")}
-        for name, charset, data in documents]
+    body["documents"] = [{"name": name, **({"charset": charset} if charset else {}),
+                          "data": data} for name, charset, data in documents]
     push = (body.get("statusReportOptions") or {}).get("httpStatusPush")
     if push is not None and push_password:
         body["statusReportOptions"] = {
             "httpStatusPush": {**push, "credentials": push_password}}
-    return FaxJobRequest.model_validate(body)
+    return body
+
+
+def submission_body(skeleton: dict[str, Any], documents: list[tuple[str, str | None, bytes]],
+                    push_password: str | None = None) -> Body:
+    """Validate the request as FaxJobRequest (with a stand-in for each document's
+    data) and cut its JSON where the data goes. Raises pydantic's ValidationError."""
+    nonce = secrets.token_hex(8)
+    # an empty document keeps its empty data, so the model refuses it as before
+    marks = [f"fb-data-{nonce}-{i}" if d else "" for i, (_, _, d) in enumerate(documents)]
+    req = FaxJobRequest.model_validate(_with_documents(
+        skeleton, [(n, c, m) for (n, c, _), m in zip(documents, marks, strict=True)],
+        push_password))
+    text = json.dumps(req.wire(), separators=(",", ":"))
+    pieces = []
+    for mark in marks:
+        head, sep, text = text.partition(f'"{mark}"')
+        assert sep, "document placeholder missing from the serialised request"
+        pieces.append(head.encode())
+    pieces.append(text.encode())
+    return Body(tuple(pieces), tuple(d for _, _, d in documents))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from faxbridge.errors import AuthError, FaxbridgeError, Permanent, Transient, Unconfirmed
-from faxbridge.outbound.request import full_request
+from faxbridge.outbound.request import submission_body
 from faxbridge.retarus.http import backoff
 
 if TYPE_CHECKING:
@@ -92,16 +92,16 @@ class Submitter:
         docs = await self.bridge.db(store.job_documents, job_id)
         push_secret = self.bridge.push_secret
         try:
-            req = full_request(json.loads(job["request_json"]),
-                               [(d["name"], d["charset"], d["data"]) for d in docs],
-                               push_secret)
+            body = submission_body(json.loads(job["request_json"]),
+                                   [(d["name"], d["charset"], d["data"]) for d in docs],
+                                   push_secret)
         except ValidationError as exc:
             await self.bridge.db(store.set_job_state, job_id, "held", event="held",
                                  detail=f"request invalid before sending: {exc}",
                                  error=str(exc), expect=("queued", "deferred"))
             return
-        body = fax4a.encode(req)  # the costly serialisation happens before the claim
-        # Everything is prepared: claim, then POST at once (a crash in between is
+        # Everything is prepared (validated, serialised but for the base64 data, which
+        # is encoded as it is sent): claim, then POST at once (a crash in between is
         # the only window recovery cannot decide; it is kept as small as possible).
         if not await self.bridge.db(store.claim_job, job_id):
             return

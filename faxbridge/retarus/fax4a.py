@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import httpx
 
 from faxbridge.errors import NotFound, Permanent, Transient, Unconfirmed
+from faxbridge.retarus.body import Body
 from faxbridge.retarus.http import check, request
 from faxbridge.retarus.models import (
     DeletionList,
@@ -55,15 +56,17 @@ class Fax4AClient:
         """The request body, serialised once (it carries base64 documents)."""
         return json.dumps(job.wire(), separators=(",", ":")).encode()
 
-    async def send(self, job: FaxJobRequest | bytes) -> tuple[str, str]:
+    async def send(self, job: FaxJobRequest | bytes | Body) -> tuple[str, str]:
         """Submit a job; returns (jobId, base URL that took it).
 
         Falls over to the data-center URLs only when the HA URL refused the
         connection or answered 503: then the job surely was not taken. No answer
         after the request went out raises Unconfirmed (it may have been accepted;
         the submit worker looks for it by customerDefinedId, never resends blindly)."""
-        body = job if isinstance(job, bytes) else self.encode(job)
-        headers = {"Content-Type": "application/json"}
+        body = job if isinstance(job, bytes | Body) else self.encode(job)
+        # An explicit length: httpx then streams a Body without chunked encoding,
+        # which a plain HTTP/1.1 server need not accept (RFC 9112 §6.1).
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(body))}
         urls = (self.ep.send_url, *[u for u in self.ep.datacenter_urls
                                     if u != self.ep.send_url])
         last: Exception | None = None

@@ -20,6 +20,12 @@ from faxbridge.store.db import Database
 OUT_FINAL = ("done", "failed")
 OUT_STATES = ("queued", "submitting", "submitted", "done", "failed", "deferred", "held")
 IN_STATES = ("stored", "mailing", "delivered", "held")
+# Every column of jobs but raw: the message as received (up to max_message_size) is
+# kept for the record and read only by job_raw(), never by the workers' queries.
+JOB_COLUMNS = ("id, state, created, updated, sender, auth_user, message_id, subject, rule, "
+               "header, request_json, retarus_job_id, datacenter, attempts, next_attempt, "
+               "deadline, valid_until, last_error, notify, attach_documents, reported, "
+               "report_deleted")
 
 
 def new_job_id() -> str:
@@ -80,6 +86,32 @@ class SmtpLogRecord:
     ts: float = field(default_factory=time.time)
 
 
+# Blobs go in and out through SQLite's incremental blob I/O: binding a 30 MB value
+# makes SQLite copy it (and build the record around it) before the pages are
+# written, and reading one materialises it in SQLite's heap before Python copies it.
+BLOB_CHUNK = 1 << 20
+
+
+def _write_blob(c: sqlite3.Connection, table: str, column: str, rowid: int | None,
+                data: bytes) -> None:
+    if not data:
+        return
+    assert rowid is not None
+    view = memoryview(data)
+    with c.blobopen(table, column, rowid) as blob:
+        for i in range(0, len(data), BLOB_CHUNK):
+            blob.write(view[i:i + BLOB_CHUNK])
+
+
+def _read_blob(c: sqlite3.Connection, table: str, column: str, rowid: int) -> bytes:
+    try:
+        with c.blobopen(table, column, rowid, readonly=True) as blob:
+            return blob.read()
+    except sqlite3.OperationalError:  # NULL or a text value: blob I/O cannot open it
+        row = c.execute(f"SELECT {column} FROM {table} WHERE rowid=?", (rowid,)).fetchone()
+        return bytes(row[0] or b"") if row else b""
+
+
 class Store:
     def __init__(self, path: Path, busy_timeout_ms: int = 10000) -> None:
         try:
@@ -110,23 +142,25 @@ class Store:
 
     def _insert_job(self, c: sqlite3.Connection, job: NewJob, log: SmtpLogRecord | None,
                     now: float) -> None:
-        c.execute(
+        rowid = c.execute(
             "INSERT INTO jobs (id,state,created,updated,sender,auth_user,message_id,"
             "subject,rule,header,request_json,raw,deadline,valid_until,notify,"
-            "attach_documents) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "attach_documents) VALUES (?,?,?,?,?,?,?,?,?,?,?,zeroblob(?),?,?,?,?)",
             (job.id, "queued", now, now, job.sender, job.auth_user, job.message_id,
-             job.subject, job.rule, job.header, json.dumps(job.request), job.raw,
-             job.deadline, job.valid_until, job.notify, int(job.attach_documents)))
+             job.subject, job.rule, job.header, json.dumps(job.request), len(job.raw),
+             job.deadline, job.valid_until, job.notify, int(job.attach_documents))).lastrowid
+        _write_blob(c, "jobs", "raw", rowid, job.raw)
         c.executemany(
             "INSERT INTO job_recipients (job_id,idx,number,address,display_name) "
             "VALUES (?,?,?,?,?)",
             [(job.id, i, r.number, r.address, r.display_name)
              for i, r in enumerate(job.recipients)])
-        c.executemany(
-            "INSERT INTO job_documents (job_id,idx,name,content_type,charset,data) "
-            "VALUES (?,?,?,?,?,?)",
-            [(job.id, i, d.name, d.content_type, d.charset, d.data)
-             for i, d in enumerate(job.documents)])
+        for i, d in enumerate(job.documents):
+            rowid = c.execute(
+                "INSERT INTO job_documents (job_id,idx,name,content_type,charset,data) "
+                "VALUES (?,?,?,?,?,zeroblob(?))",
+                (job.id, i, d.name, d.content_type, d.charset, len(d.data))).lastrowid
+            _write_blob(c, "job_documents", "data", rowid, d.data)
         self._event(c, job.id, "accepted",
                     f"from {job.sender}, {len(job.recipients)} recipient(s), "
                     f"{len(job.documents)} document(s), rule {job.rule}")
@@ -148,7 +182,7 @@ class Store:
         """The next queued (or due deferred) job, without claiming it."""
         now = time.time() if now is None else now
         rows = self.db.query(
-            "SELECT * FROM jobs WHERE state IN ('queued','deferred') AND next_attempt<=? "
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued','deferred') AND next_attempt<=? "
             "ORDER BY next_attempt, created LIMIT 1", (now,))
         return rows[0] if rows else None
 
@@ -157,7 +191,7 @@ class Store:
         """Up to `limit` due queued/deferred jobs, oldest first, skipping `exclude`."""
         now = time.time() if now is None else now
         rows = self.db.query(
-            "SELECT * FROM jobs WHERE state IN ('queued','deferred') AND next_attempt<=? "
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued','deferred') AND next_attempt<=? "
             "ORDER BY next_attempt, created LIMIT ?", (now, limit + len(exclude)))
         return [r for r in rows if r["id"] not in exclude][:limit]
 
@@ -175,16 +209,27 @@ class Store:
         return True
 
     def job(self, job_id: str) -> sqlite3.Row | None:
-        rows = self.db.query("SELECT * FROM jobs WHERE id=?", (job_id,))
+        rows = self.db.query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id=?", (job_id,))
         return rows[0] if rows else None
 
     def job_by_retarus_id(self, retarus_job_id: str) -> sqlite3.Row | None:
-        rows = self.db.query("SELECT * FROM jobs WHERE retarus_job_id=?", (retarus_job_id,))
+        rows = self.db.query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE retarus_job_id=?", (retarus_job_id,))
         return rows[0] if rows else None
 
-    def job_documents(self, job_id: str) -> list[sqlite3.Row]:
-        return self.db.query("SELECT * FROM job_documents WHERE job_id=? ORDER BY idx",
-                             (job_id,))
+    def job_documents(self, job_id: str) -> list[dict[str, Any]]:
+        """The documents with their data (read straight into one bytes object each)."""
+        with self.db.lock:
+            rows = self.db.conn.execute(
+                "SELECT rowid, job_id, idx, name, content_type, charset FROM job_documents "
+                "WHERE job_id=? ORDER BY idx", (job_id,)).fetchall()
+            return [{**dict(r), "data": _read_blob(self.db.conn, "job_documents", "data",
+                                                   r["rowid"])} for r in rows]
+
+    def job_raw(self, job_id: str) -> bytes | None:
+        with self.db.lock:
+            rows = self.db.conn.execute("SELECT rowid FROM jobs WHERE id=?",
+                                        (job_id,)).fetchall()
+            return _read_blob(self.db.conn, "jobs", "raw", rows[0][0]) if rows else None
 
     def job_recipients(self, job_id: str) -> list[sqlite3.Row]:
         return self.db.query("SELECT * FROM job_recipients WHERE job_id=? ORDER BY idx",
@@ -260,7 +305,7 @@ class Store:
                 self._event(c, job_id, "report-deleted", detail)
 
     def due_submitted(self, now: float, limit: int = 100) -> list[sqlite3.Row]:
-        return self.db.query("SELECT * FROM jobs WHERE state='submitted' AND next_attempt<=? "
+        return self.db.query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state='submitted' AND next_attempt<=? "
                              "ORDER BY next_attempt LIMIT ?", (now, limit))
 
     def schedule_poll(self, job_id: str, next_attempt: float, detail: str | None,
@@ -276,12 +321,12 @@ class Store:
     def jobs_in(self, states: tuple[str, ...], limit: int = 1000) -> list[sqlite3.Row]:
         marks = ",".join("?" * len(states))
         return self.db.query(
-            f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created LIMIT ?",
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ({marks}) ORDER BY created LIMIT ?",
             (*states, limit))
 
     def list_jobs(self, *, state: str | None = None, sender: str | None = None,
                   limit: int = 100) -> list[sqlite3.Row]:
-        sql, args = "SELECT * FROM jobs WHERE 1=1", []
+        sql, args = f"SELECT {JOB_COLUMNS} FROM jobs WHERE 1=1", []
         if state:
             sql += " AND state=?"
             args.append(state)
