@@ -238,9 +238,15 @@ class Bridge:
             await self.committer.close()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            # the submitter lets its POSTs in flight finish (≤ 15 s); a worker that
+            # ignores its cancellation must not keep the process from stopping
+            done, stuck = await asyncio.wait(self._tasks, timeout=20)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("worker %s had failed: %r", task.get_name(), task.exception())
+            for task in stuck:
+                log.error("worker %s did not stop within 20 s; leaving it", task.get_name())
         for srv in (self.http_server, self.sim_server):
             if srv is not None:
                 await srv.stop()

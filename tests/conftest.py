@@ -73,7 +73,15 @@ async def make_bridge(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 
     yield start
     for b in bridges:
-        await b.stop()
+        stopping = asyncio.ensure_future(b.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=90)
+        if not done:
+            # a stop that hangs is a bug: show where every task waits, then fail
+            for task in asyncio.all_tasks():
+                task.print_stack(file=sys.stderr)
+            stopping.cancel()
+            raise AssertionError("Bridge.stop() did not finish in 90 s")
+        stopping.result()
 
 
 def loopback_rule(**kw: Any) -> SenderRule:

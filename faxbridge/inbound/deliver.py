@@ -5,14 +5,14 @@ received is ever dropped."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import re
 from typing import TYPE_CHECKING, Any
 
 import phonenumbers
+
+from faxbridge.aio import wait_event
 
 if TYPE_CHECKING:
     import sqlite3
@@ -120,8 +120,7 @@ class Deliverer:
                     await self.bridge.db(store.set_inbound_state, row["id"], "held",
                                          error="could not compose its mail (see log)")
             self.bridge.inbound_wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.bridge.inbound_wakeup.wait(), 1.0)
+            await wait_event(self.bridge.inbound_wakeup, 1.0)
 
     async def queue(self, row: sqlite3.Row, to: list[str] | None = None,
                     note: str | None = None) -> None:

@@ -157,10 +157,11 @@ class TopicPoller:
             if pending:
                 if last is not None and last.meta.exit and \
                         {f.id for f in last.results} == set(pending):
-                    await asyncio.wait_for(self.client.follow(last.meta.exit, "exit"), 5)
+                    async with asyncio.timeout(5):
+                        await self.client.follow(last.meta.exit, "exit")
                 else:
-                    await asyncio.wait_for(
-                        self.client.poll(self.topic.name, 0, pending), 5)
+                    async with asyncio.timeout(5):
+                        await self.client.poll(self.topic.name, 0, pending)
                 self.bridge.store.mark_acked(self.topic.name, list(pending))
         with contextlib.suppress(Exception):
             await self.client.aclose()

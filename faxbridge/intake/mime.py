@@ -204,7 +204,8 @@ class _NotCut(Exception):
 
 
 class _Walker:
-    def __init__(self, allowed: tuple[str, ...], body_mode: str, raw: bytes = b"",
+    def __init__(self, allowed: tuple[str, ...], body_mode: str,
+                 raw: bytes | bytearray = b"",
                  cuts: dict[str, tuple[int, int]] | None = None) -> None:
         self.raw = raw
         self.cuts = cuts or {}
@@ -386,7 +387,8 @@ class _Walker:
         return res
 
 
-def extract(raw: bytes, allowed_types: tuple[str, ...], body_mode: str = "first") -> Extraction:
+def extract(raw: bytes | bytearray, allowed_types: tuple[str, ...],
+            body_mode: str = "first") -> Extraction:
     slimmed = slim(raw)
     if slimmed.cuts:
         try:
@@ -396,7 +398,8 @@ def extract(raw: bytes, allowed_types: tuple[str, ...], body_mode: str = "first"
     return _extract(raw, allowed_types, body_mode, raw, {})
 
 
-def _extract(data: bytes, allowed_types: tuple[str, ...], body_mode: str, raw: bytes,
+def _extract(data: bytes | bytearray, allowed_types: tuple[str, ...], body_mode: str,
+             raw: bytes | bytearray,
              cuts: dict[str, tuple[int, int]]) -> Extraction:
     msg = email.message_from_bytes(data, policy=email.policy.compat32)
     walker = _Walker(allowed_types, body_mode, raw, cuts)

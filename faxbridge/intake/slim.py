@@ -34,11 +34,11 @@ _STEP = 1 << 20
 
 @dataclass
 class Slimmed:
-    data: bytes  # the message to parse, with tokens for the cut bodies
+    data: bytes | bytearray  # the message to parse, with tokens for the cut bodies
     cuts: dict[str, tuple[int, int]] = field(default_factory=dict)  # token → raw range
 
 
-def slim(raw: bytes, threshold: int | None = None) -> Slimmed:
+def slim(raw: bytes | bytearray, threshold: int | None = None) -> Slimmed:
     threshold = THRESHOLD if threshold is None else threshold
     if len(raw) < threshold:
         return Slimmed(raw)
@@ -59,7 +59,7 @@ def slim(raw: bytes, threshold: int | None = None) -> Slimmed:
     return Slimmed(b"".join(out), cuts)
 
 
-def _headers(raw: bytes, start: int, end: int) -> tuple[Message, int] | None:
+def _headers(raw: bytes | bytearray, start: int, end: int) -> tuple[Message, int] | None:
     """The header block of the entity at raw[start:end] and where its body begins."""
     if raw.startswith(b"\r\n", start) or raw.startswith(b"\n", start):  # no headers
         return Message(), start + (2 if raw[start] == 0x0D else 1)
@@ -69,8 +69,8 @@ def _headers(raw: bytes, start: int, end: int) -> tuple[Message, int] | None:
     return BytesHeaderParser(policy=compat32).parsebytes(raw[start:m.end()]), m.end()
 
 
-def _scan(raw: bytes, start: int, end: int, ranges: list[tuple[int, int]], threshold: int,
-          depth: int) -> None:
+def _scan(raw: bytes | bytearray, start: int, end: int, ranges: list[tuple[int, int]],
+          threshold: int, depth: int) -> None:
     """Find cuttable bodies in the entity raw[start:end] (headers, blank line, body)."""
     if depth > MAX_DEPTH or end - start < threshold:
         return
@@ -98,7 +98,7 @@ def _scan(raw: bytes, start: int, end: int, ranges: list[tuple[int, int]], thres
     ranges.append((body, end))
 
 
-def _scan_multipart(raw: bytes, start: int, end: int, boundary: bytes,
+def _scan_multipart(raw: bytes | bytearray, start: int, end: int, boundary: bytes,
                     ranges: list[tuple[int, int]], threshold: int, depth: int) -> None:
     delimiter = b"--" + boundary
     # the first delimiter may open the body; later ones follow a line break

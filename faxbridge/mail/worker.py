@@ -6,12 +6,11 @@ Relay down or 4xx → retried with backoff until mail.give_up_after_seconds;
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
 
+from faxbridge.aio import wait_event
 from faxbridge.errors import Permanent, Transient
 from faxbridge.retarus.http import backoff
 
@@ -34,8 +33,7 @@ class Mailer:
             row = await self.bridge.db(store.claim_mail)
             if row is None:
                 self.bridge.mail_wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.bridge.mail_wakeup.wait(), 1.0)
+                await wait_event(self.bridge.mail_wakeup, 1.0)
                 continue
             try:
                 await self.dispose(row)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from faxbridge.aio import wait_event
 from faxbridge.errors import AuthError, FaxbridgeError, Permanent, Transient, Unconfirmed
 from faxbridge.outbound.request import submission_body
 from faxbridge.retarus.http import backoff
@@ -53,9 +54,8 @@ class Submitter:
                     await self.confirm_unconfirmed()
                 if not jobs:
                     self.bridge.submit_wakeup.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.bridge.submit_wakeup.wait(),
-                                               self.idle if limit > 0 else 0.05)
+                    await wait_event(self.bridge.submit_wakeup,
+                                     self.idle if limit > 0 else 0.05)
                     continue
                 for job in jobs:
                     inflight.add(job["id"])

@@ -169,7 +169,7 @@ class FaxHandler:
         if tx is None or not tx.fax:
             return replies.S503_NEED_RCPT
         t0 = time.perf_counter()
-        raw: bytes = envelope.original_content or envelope.content or b""
+        raw: bytes | bytearray = envelope.original_content or envelope.content or b""
         rec = tx.record
         rec.size = len(raw)
         rule = tx.rule
@@ -249,7 +249,7 @@ def _log_failure(fut: asyncio.Future[Any]) -> None:
         log.error("could not write SMTP log record: %s", fut.exception())
 
 
-def _display_names(raw: bytes, country: str) -> dict[str, str]:
+def _display_names(raw: bytes | bytearray, country: str) -> dict[str, str]:
     """E.164 number → display name, from the To/Cc headers (keyed by number: the
     header may spell the address differently from the envelope)."""
     from email.header import decode_header, make_header

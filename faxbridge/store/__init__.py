@@ -54,7 +54,7 @@ class NewJob:
     recipients: list[NewRecipient]
     documents: list[NewDocument]
     request: dict[str, Any]
-    raw: bytes
+    raw: bytes | bytearray  # as received (the SMTP listener's buffer, not copied)
     deadline: float
     valid_until: float
     auth_user: str | None = None

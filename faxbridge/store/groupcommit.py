@@ -40,27 +40,34 @@ class GroupCommitter:
             batch = [await self.queue.get()]
             while len(batch) < MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            try:
-                await self.run_in_db(self.store.create_jobs, [(j, lg) for j, lg, _ in batch])
-            except StoreError:
-                for job, log, fut in batch:
-                    try:
-                        await self.run_in_db(self.store.create_jobs, [(job, log)])
-                    except StoreError as exc:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    else:
-                        if not fut.done():
-                            fut.set_result(None)
-                continue
-            except BaseException as exc:
-                for _, _, fut in batch:
+            await self._commit(batch)
+            # let go of the messages now, not when the next mail arrives (a 30 MB
+            # mail otherwise stayed in memory until then)
+            del batch
+
+    async def _commit(self, batch: list[tuple[NewJob, SmtpLogRecord | None,
+                                              asyncio.Future[None]]]) -> None:
+        try:
+            await self.run_in_db(self.store.create_jobs, [(j, lg) for j, lg, _ in batch])
+        except StoreError:
+            for job, log, fut in batch:
+                try:
+                    await self.run_in_db(self.store.create_jobs, [(job, log)])
+                except StoreError as exc:
                     if not fut.done():
-                        fut.set_exception(StoreError(f"commit interrupted: {exc!r}"))
-                raise
+                        fut.set_exception(exc)
+                else:
+                    if not fut.done():
+                        fut.set_result(None)
+            return
+        except BaseException as exc:
             for _, _, fut in batch:
                 if not fut.done():
-                    fut.set_result(None)
+                    fut.set_exception(StoreError(f"commit interrupted: {exc!r}"))
+            raise
+        for _, _, fut in batch:
+            if not fut.done():
+                fut.set_result(None)
 
     async def close(self) -> None:
         if self.task is not None:
