@@ -148,6 +148,29 @@ class Proc:
         self.fh.close()
 
 
+def start_simulator(procs: list[Proc], cwd: Path, *args: str) -> str:
+    """A simulator in its own process (it survives the bridge's kill -9); its URL."""
+    port = free_port()
+    sim = Proc(["simulator", "--listen", f"127.0.0.1:{port}", *args], cwd)
+    procs.append(sim)
+    sim.wait_output("Retarus simulator on")
+    return f"http://127.0.0.1:{port}"
+
+
+def retarus_toml(url: str) -> str:
+    """The [retarus] section for a bridge process using the simulator at `url`."""
+    return (f'[retarus]\nsend_url = "{url}/fax4a/ha-de/rest/v1"\n'
+            f'datacenter_urls = ["{url}/fax4a/de1/rest/v1", "{url}/fax4a/de2/rest/v1"]\n')
+
+
+def demo_topic_toml(url: str, poll_interval: float) -> str:
+    """A [[topics]] entry for the simulator's demo topic, mailed to in@example.com
+    (the pull password comes from FB_PULL_PW)."""
+    return (f'[[topics]]\nname = "demo"\nurl = "{url}/faxin/rest/v1"\n'
+            f'password = {{ env = "FB_PULL_PW" }}\naddresses = ["in@example.com"]\n'
+            f"poll_interval = {poll_interval}\n")
+
+
 @pytest.fixture
 def procs() -> Iterator[list[Proc]]:
     started: list[Proc] = []

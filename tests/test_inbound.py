@@ -19,7 +19,15 @@ import pytest
 from faxbridge.mail.transport import maildir_path
 from faxbridge.simulator.pdf import tiny_pdf
 from faxbridge.store import Store
-from tests.conftest import Proc, bridge_config, free_port, wait_for
+from tests.conftest import (
+    Proc,
+    bridge_config,
+    demo_topic_toml,
+    free_port,
+    retarus_toml,
+    start_simulator,
+    wait_for,
+)
 from tests.relay import Relay
 
 PDF_A = tiny_pdf("first document")
@@ -261,30 +269,17 @@ async def test_inbox_cli_list_and_resend(sim, make_bridge, tmp_path):
 
 
 async def test_kill_after_download_before_ack_mailed_once(tmp_path, procs):
-    sim_port = free_port()
-    sim = Proc(["simulator", "--listen", f"127.0.0.1:{sim_port}"], tmp_path)
-    procs.append(sim)
-    sim.wait_output("Retarus simulator on")
-    url = f"http://127.0.0.1:{sim_port}"
+    url = start_simulator(procs, tmp_path)
     await sim_post(url, "config", {"lock_seconds": 1})
     fid = await inject(url)
     # the ack call (second pull) hangs, so the bridge dies after storing, before acking
     await sim_post(url, "faults", {"endpoint": "pull", "after": 1, "count": 1, "delay": 30})
     data = tmp_path / "data"
     cfg = tmp_path / "bridge.toml"
-    cfg.write_text(f"""
-[retarus]
-send_url = "{url}/fax4a/ha-de/rest/v1"
-datacenter_urls = ["{url}/fax4a/de1/rest/v1"]
-[[topics]]
-name = "demo"
-url = "{url}/faxin/rest/v1"
-password = {{ env = "FB_PULL_PW" }}
-addresses = ["in@example.com"]
-poll_interval = 0.2
+    cfg.write_text(retarus_toml(url) + f"""
 [storage]
 data_dir = "{data}"
-""")
+""" + demo_topic_toml(url, 0.2))
     args = ["serve", "--config", str(cfg), "--smtp-listen", "127.0.0.1:0", "--http-listen",
             "127.0.0.1:0"]
     first = Proc(args, tmp_path)

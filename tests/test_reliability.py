@@ -22,7 +22,15 @@ import httpx
 
 from faxbridge.mail.transport import maildir_path
 from faxbridge.store import Store
-from tests.conftest import Proc, free_port, sim_jobs, wait_for
+from tests.conftest import (
+    Proc,
+    demo_topic_toml,
+    free_port,
+    retarus_toml,
+    sim_jobs,
+    start_simulator,
+    wait_for,
+)
 from tests.relay import Relay
 from tests.smtp_client import send
 from tests.test_inbound import fax_ids, inbox, inject, sim_post
@@ -75,37 +83,24 @@ async def test_kill9_at_random_moments_with_mail_and_faxes_in_flight(tmp_path, p
     seed = int(os.environ.get("FB_CRASH_SEED", random.randrange(1 << 30)))
     rnd = random.Random(seed)
     why = f"(reproduce with FB_CRASH_SEED={seed})"
-    sim_port, smtp_port, http_port = free_port(), free_port(), free_port()
-    sim = Proc(["simulator", "--listen", f"127.0.0.1:{sim_port}", "--complete-after", "0.2"],
-               tmp_path)
-    procs.append(sim)
-    sim.wait_output("Retarus simulator on")
-    url = f"http://127.0.0.1:{sim_port}"
+    smtp_port, http_port = free_port(), free_port()
+    url = start_simulator(procs, tmp_path, "--complete-after", "0.2")
     await sim_post(url, "config", {"lock_seconds": 1})
     data = tmp_path / "data"
     cfg = tmp_path / "bridge.toml"
-    cfg.write_text(f"""
-[retarus]
-send_url = "{url}/fax4a/ha-de/rest/v1"
-datacenter_urls = ["{url}/fax4a/de1/rest/v1", "{url}/fax4a/de2/rest/v1"]
+    cfg.write_text(retarus_toml(url) + f"""
 [fax]
 report_poll_min_seconds = 0.1
 report_poll_max_seconds = 0.3
 [[senders]]
 name = "all"
 match = ["*"]
-[[topics]]
-name = "demo"
-url = "{url}/faxin/rest/v1"
-password = {{ env = "FB_CRASH_PULL_PW" }}
-addresses = ["in@example.com"]
-poll_interval = 0.1
 [storage]
 data_dir = "{data}"
-""")
+""" + demo_topic_toml(url, 0.1))
     args = ["serve", "--config", str(cfg), "--smtp-listen", f"127.0.0.1:{smtp_port}",
             "--http-listen", f"127.0.0.1:{http_port}"]
-    monkeypatch.setenv("FB_CRASH_PULL_PW", "simulator")  # inherited by the bridges
+    monkeypatch.setenv("FB_PULL_PW", "simulator")  # inherited by the bridges
     accepted: list[str] = []
     injected: list[str] = []
     counter = [0]

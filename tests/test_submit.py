@@ -11,7 +11,7 @@ from email.message import EmailMessage
 import httpx
 
 from faxbridge.store import Store
-from tests.conftest import Proc, free_port, sim_jobs, wait_for
+from tests.conftest import Proc, free_port, retarus_toml, sim_jobs, start_simulator, wait_for
 from tests.smtp_client import send
 
 
@@ -111,17 +111,10 @@ def stream_ids(address: str, accepted: list[str], stop: threading.Event) -> None
 
 
 async def test_kill9_while_streaming_every_250_is_submitted_exactly_once(tmp_path, procs):
-    sim_port, smtp_port, http_port = free_port(), free_port(), free_port()
-    sim = Proc(["simulator", "--listen", f"127.0.0.1:{sim_port}", "--complete-after", "0"],
-               tmp_path)
-    procs.append(sim)
-    sim.wait_output("Retarus simulator on")
-    s = f"http://127.0.0.1:{sim_port}"
+    smtp_port, http_port = free_port(), free_port()
+    s = start_simulator(procs, tmp_path, "--complete-after", "0")
     cfg = tmp_path / "bridge.toml"
-    cfg.write_text(f"""
-[retarus]
-send_url = "{s}/fax4a/ha-de/rest/v1"
-datacenter_urls = ["{s}/fax4a/de1/rest/v1", "{s}/fax4a/de2/rest/v1"]
+    cfg.write_text(retarus_toml(s) + f"""
 [[senders]]
 name = "all"
 match = ["*"]
