@@ -301,6 +301,8 @@ def build_app(state: SimState) -> FaultLayer:
                     return
             except httpx.HTTPError as exc:
                 job.pushes.append({"ts": time.time(), "error": str(exc)})
+            except RuntimeError:  # the simulator is stopping and closed its client
+                return
             await asyncio.sleep(1.0 + attempt)
 
     async def send_fax(request: Request) -> Response:

@@ -63,7 +63,7 @@ class FaxSMTP(SMTP):
         limit = self.data_size_limit
         received = 0
         error: str | None = None
-        pending = bytearray()  # a line longer than the stream reader's limit, so far
+        in_long_line = False  # inside a line longer than the stream reader's limit
         while self.transport is not None:
             try:
                 line = await self._reader.readuntil(b"\r\n")
@@ -75,11 +75,11 @@ class FaxSMTP(SMTP):
                 chunk = await self._reader.read(exc.consumed)
                 received += len(chunk)
                 error = error or "500 Line too long (see RFC5321 4.5.3.1.6)"
-                pending += b"x"  # only its existence matters: the line is not over
+                in_long_line = True
                 buf.clear()
                 continue
-            if pending:  # the tail of an over-long line
-                pending.clear()
+            if in_long_line:  # the tail of an over-long line (it is not the final dot)
+                in_long_line = False
                 received += len(line)
                 continue
             if line == b".\r\n":
