@@ -69,3 +69,25 @@ def test_smtp_log_retention_prunes_only_old_records(tmp_path):
     s.add_log(SmtpLogRecord(reply="new"))
     assert s.prune_log(time.time() - 90 * 86400) == 1
     assert [r["reply"] for r in s.list_log()] == ["new"]
+
+
+def test_migration_moves_stored_messages_out_of_jobs(tmp_path):
+    """A database written by an earlier version (schema 2, the message in jobs.raw)
+    keeps every message when opened by this one."""
+    import sqlite3
+
+    from faxbridge.store.db import MIGRATIONS, _statements
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path, isolation_level=None)
+    for script in MIGRATIONS[:2]:
+        for stmt in _statements(script):
+            old.execute(stmt)
+    old.execute("PRAGMA user_version=2")
+    old.execute("INSERT INTO jobs (id,state,created,updated,sender,request_json,raw,deadline,"
+                "valid_until) VALUES ('J1','done',0,0,'a@b.c','{}',?,0,0)", (b"From: a\r\n",))
+    old.close()
+    s = Store(path)
+    assert s.db.query("PRAGMA user_version")[0][0] == 3
+    assert s.job_raw("J1") == b"From: a\r\n"
+    assert "raw" not in s.job("J1").keys()
+    s.close()

@@ -103,6 +103,9 @@ class FaxSMTP(SMTP):
         self.envelope.original_content = buf
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
+        # Free the message before answering: the woken submitter reads the job's
+        # documents next, and both at once set the peak for a large mail.
+        del buf
         await self.push("250 OK" if status is MISSING else status)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -20,12 +20,6 @@ from faxbridge.store.db import Database
 OUT_FINAL = ("done", "failed")
 OUT_STATES = ("queued", "submitting", "submitted", "done", "failed", "deferred", "held")
 IN_STATES = ("stored", "mailing", "delivered", "held")
-# Every column of jobs but raw: the message as received (up to max_message_size) is
-# kept for the record and read only by job_raw(), never by the workers' queries.
-JOB_COLUMNS = ("id, state, created, updated, sender, auth_user, message_id, subject, rule, "
-               "header, request_json, retarus_job_id, datacenter, attempts, next_attempt, "
-               "deadline, valid_until, last_error, notify, attach_documents, reported, "
-               "report_deleted")
 
 
 def new_job_id() -> str:
@@ -89,6 +83,8 @@ class SmtpLogRecord:
 # Blobs go in and out through SQLite's incremental blob I/O: binding a 30 MB value
 # makes SQLite copy it (and build the record around it) before the pages are
 # written, and reading one materialises it in SQLite's heap before Python copies it.
+# The blob must be the last column of its row (job_documents.data,
+# job_messages.raw): only there does SQLite keep the zeroblob() unexpanded.
 BLOB_CHUNK = 1 << 20
 
 
@@ -142,14 +138,16 @@ class Store:
 
     def _insert_job(self, c: sqlite3.Connection, job: NewJob, log: SmtpLogRecord | None,
                     now: float) -> None:
-        rowid = c.execute(
+        c.execute(
             "INSERT INTO jobs (id,state,created,updated,sender,auth_user,message_id,"
-            "subject,rule,header,request_json,raw,deadline,valid_until,notify,"
-            "attach_documents) VALUES (?,?,?,?,?,?,?,?,?,?,?,zeroblob(?),?,?,?,?)",
+            "subject,rule,header,request_json,deadline,valid_until,notify,"
+            "attach_documents) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (job.id, "queued", now, now, job.sender, job.auth_user, job.message_id,
-             job.subject, job.rule, job.header, json.dumps(job.request), len(job.raw),
-             job.deadline, job.valid_until, job.notify, int(job.attach_documents))).lastrowid
-        _write_blob(c, "jobs", "raw", rowid, job.raw)
+             job.subject, job.rule, job.header, json.dumps(job.request),
+             job.deadline, job.valid_until, job.notify, int(job.attach_documents)))
+        rowid = c.execute("INSERT INTO job_messages (job_id, raw) VALUES (?, zeroblob(?))",
+                          (job.id, len(job.raw))).lastrowid
+        _write_blob(c, "job_messages", "raw", rowid, job.raw)
         c.executemany(
             "INSERT INTO job_recipients (job_id,idx,number,address,display_name) "
             "VALUES (?,?,?,?,?)",
@@ -182,7 +180,7 @@ class Store:
         """The next queued (or due deferred) job, without claiming it."""
         now = time.time() if now is None else now
         rows = self.db.query(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued','deferred') AND next_attempt<=? "
+            "SELECT * FROM jobs WHERE state IN ('queued','deferred') AND next_attempt<=? "
             "ORDER BY next_attempt, created LIMIT 1", (now,))
         return rows[0] if rows else None
 
@@ -191,7 +189,7 @@ class Store:
         """Up to `limit` due queued/deferred jobs, oldest first, skipping `exclude`."""
         now = time.time() if now is None else now
         rows = self.db.query(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued','deferred') AND next_attempt<=? "
+            "SELECT * FROM jobs WHERE state IN ('queued','deferred') AND next_attempt<=? "
             "ORDER BY next_attempt, created LIMIT ?", (now, limit + len(exclude)))
         return [r for r in rows if r["id"] not in exclude][:limit]
 
@@ -209,11 +207,11 @@ class Store:
         return True
 
     def job(self, job_id: str) -> sqlite3.Row | None:
-        rows = self.db.query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id=?", (job_id,))
+        rows = self.db.query("SELECT * FROM jobs WHERE id=?", (job_id,))
         return rows[0] if rows else None
 
     def job_by_retarus_id(self, retarus_job_id: str) -> sqlite3.Row | None:
-        rows = self.db.query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE retarus_job_id=?", (retarus_job_id,))
+        rows = self.db.query("SELECT * FROM jobs WHERE retarus_job_id=?", (retarus_job_id,))
         return rows[0] if rows else None
 
     def job_documents(self, job_id: str) -> list[dict[str, Any]]:
@@ -227,9 +225,10 @@ class Store:
 
     def job_raw(self, job_id: str) -> bytes | None:
         with self.db.lock:
-            rows = self.db.conn.execute("SELECT rowid FROM jobs WHERE id=?",
+            rows = self.db.conn.execute("SELECT rowid FROM job_messages WHERE job_id=?",
                                         (job_id,)).fetchall()
-            return _read_blob(self.db.conn, "jobs", "raw", rows[0][0]) if rows else None
+            return _read_blob(self.db.conn, "job_messages", "raw", rows[0][0]) if rows \
+                else None
 
     def job_recipients(self, job_id: str) -> list[sqlite3.Row]:
         return self.db.query("SELECT * FROM job_recipients WHERE job_id=? ORDER BY idx",
@@ -305,7 +304,7 @@ class Store:
                 self._event(c, job_id, "report-deleted", detail)
 
     def due_submitted(self, now: float, limit: int = 100) -> list[sqlite3.Row]:
-        return self.db.query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state='submitted' AND next_attempt<=? "
+        return self.db.query("SELECT * FROM jobs WHERE state='submitted' AND next_attempt<=? "
                              "ORDER BY next_attempt LIMIT ?", (now, limit))
 
     def schedule_poll(self, job_id: str, next_attempt: float, detail: str | None,
@@ -321,12 +320,12 @@ class Store:
     def jobs_in(self, states: tuple[str, ...], limit: int = 1000) -> list[sqlite3.Row]:
         marks = ",".join("?" * len(states))
         return self.db.query(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ({marks}) ORDER BY created LIMIT ?",
+            f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created LIMIT ?",
             (*states, limit))
 
     def list_jobs(self, *, state: str | None = None, sender: str | None = None,
                   limit: int = 100) -> list[sqlite3.Row]:
-        sql, args = f"SELECT {JOB_COLUMNS} FROM jobs WHERE 1=1", []
+        sql, args = "SELECT * FROM jobs WHERE 1=1", []
         if state:
             sql += " AND state=?"
             args.append(state)
