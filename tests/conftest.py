@@ -163,6 +163,15 @@ def retarus_toml(url: str) -> str:
             f'datacenter_urls = ["{url}/fax4a/de1/rest/v1", "{url}/fax4a/de2/rest/v1"]\n')
 
 
+ALL_SENDERS_TOML = '[[senders]]\nname = "all"\nmatch = ["*"]\n'
+
+
+def serve_args(cfg: Path, smtp_port: int, http_port: int) -> list[str]:
+    """`faxbridge serve` on fixed ports (kept across restarts of a kill test)."""
+    return ["serve", "--config", str(cfg), "--smtp-listen", f"127.0.0.1:{smtp_port}",
+            "--http-listen", f"127.0.0.1:{http_port}"]
+
+
 def demo_topic_toml(url: str, poll_interval: float) -> str:
     """A [[topics]] entry for the simulator's demo topic, mailed to in@example.com
     (the pull password comes from FB_PULL_PW)."""

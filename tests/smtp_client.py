@@ -5,9 +5,13 @@ so a test can assert the exact code of each stage. Runs smtplib in a thread
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import re
 import smtplib
 import ssl
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
@@ -72,3 +76,46 @@ async def send(address: str, msg: EmailMessage | bytes, *, mail_from: str | None
     assert mail_from is not None and rcpts is not None
     return await asyncio.to_thread(_send, host, int(port), mail_from, rcpts, raw, login,
                                    starttls)
+
+
+def numbered_mail(n: int) -> bytes:
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = "alice@example.com", "+4989123456@fax.local", f"m{n}"
+    m["Message-ID"] = f"<stream-{n}@example.com>"
+    m.set_content(f"mail number {n}")
+    return m.as_bytes().replace(b"\n", b"\r\n")
+
+
+def stream(address: str, counter: itertools.count, accepted: list[str],
+           stop: threading.Event) -> None:
+    """For kill tests (run in a thread): one mail per connection until the bridge dies
+    or `stop` is set; the job id of every 250 goes to `accepted`."""
+    host, port = address.split(":")
+    while not stop.is_set():
+        try:
+            with smtplib.SMTP(host, int(port), timeout=5) as s:
+                s.ehlo()
+                s.mail("alice@example.com")
+                s.rcpt("+4989123456@fax.local")
+                code, msg = s.data(numbered_mail(next(counter)))
+        except (OSError, smtplib.SMTPException):
+            return
+        if code == 250:
+            accepted.append(msg.decode().split("Queued as ")[1].split(":")[0])
+
+
+@contextlib.contextmanager
+def streaming(address: str, counter: itertools.count, accepted: list[str],
+              connections: int = 3) -> Iterator[None]:
+    """`stream` on several connections in threads for the duration of the block."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=stream, args=(address, counter, accepted, stop))
+               for _ in range(connections)]
+    for th in threads:
+        th.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()

@@ -90,12 +90,17 @@ def test_slimmed_extraction_equals_the_full_parse(name):
     assert mime.extract(raw, ALLOWED, "first") == full_parse(raw)
 
 
-def test_big_bodies_are_really_cut():
+def test_big_bodies_are_really_cut(monkeypatch):
     raw = CASES["inner boundary extends the outer"]
     s = slim(raw)
     assert len(s.cuts) == 2 and len(s.data) < 1000
+    parsed: list[int] = []  # what the email package is given to parse
+    real = mime.email.message_from_bytes
+    monkeypatch.setattr(mime.email, "message_from_bytes",
+                        lambda data, **kw: parsed.append(len(data)) or real(data, **kw))
     res = mime.extract(raw, ALLOWED, "first")
     assert [d.data for d in res.documents] == [PDF, PDF[::-1]]
+    assert parsed == [len(s.data)]  # only the slim message, no fallback to a full parse
     assert not slim(CASES["junk in base64"]).cuts  # not pure base64: left to the parser
 
 
@@ -118,3 +123,10 @@ def with_good_base64(draw) -> bytes:
 @given(st.one_of(with_good_base64(), any_mime()))
 def test_slimmed_extraction_equals_the_full_parse_for_generated_mail(raw):
     assert mime.extract(raw, ALLOWED, "first") == full_parse(raw)
+
+
+def test_header_block_stops_at_the_blank_line_with_crlf_or_lf():
+    from faxbridge.intake.slim import header_block
+    assert header_block(b"To: a\r\nCc: b\r\n\r\nbody\r\n\r\nmore") == b"To: a\r\nCc: b\r\n\r\n"
+    assert header_block(b"To: a\nCc: b\n\nbody\n\nmore") == b"To: a\nCc: b\n\n"
+    assert header_block(b"To: a\r\n") == b"To: a\r\n"  # no body at all

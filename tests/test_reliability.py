@@ -8,70 +8,31 @@ test_reports, test_bad_input); these combine them the way production does.
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
-import mailbox
+import itertools
 import os
 import random
-import smtplib
-import threading
 from email.message import EmailMessage
-from pathlib import Path
 
 import httpx
 
-from faxbridge.mail.transport import maildir_path
 from faxbridge.store import Store
 from tests.conftest import (
+    ALL_SENDERS_TOML,
     Proc,
     demo_topic_toml,
     free_port,
     retarus_toml,
+    serve_args,
     sim_jobs,
     start_simulator,
     wait_for,
 )
 from tests.relay import Relay
-from tests.smtp_client import send
+from tests.smtp_client import send, streaming
 from tests.test_inbound import fax_ids, inbox, inject, sim_post
 
 FAST = {"report_poll_min_seconds": 0.1, "report_poll_max_seconds": 0.3}
 MAIL_FAST = {"retry_min_seconds": 0.2, "retry_max_seconds": 0.5}
-
-
-def numbered_mail(n: int) -> bytes:
-    m = EmailMessage()
-    m["From"], m["To"], m["Subject"] = "alice@example.com", "+4989123456@fax.local", f"m{n}"
-    m["Message-ID"] = f"<stream-{n}@example.com>"
-    m.set_content(f"mail number {n}")
-    return m.as_bytes().replace(b"\n", b"\r\n")
-
-
-def stream(address: str, counter: list[int], accepted: list[str],
-           stop: threading.Event) -> None:
-    """Send mail after mail until the bridge dies or `stop` is set; record each 250."""
-    host, port = address.split(":")
-    while not stop.is_set():
-        counter[0] += 1
-        n = counter[0]
-        try:
-            with smtplib.SMTP(host, int(port), timeout=5) as s:
-                s.ehlo()
-                s.mail("alice@example.com")
-                s.rcpt("+4989123456@fax.local")
-                code, msg = s.data(numbered_mail(n))
-        except (OSError, smtplib.SMTPException):
-            return
-        if code == 250:
-            accepted.append(msg.decode().split("Queued as ")[1].split(":")[0])
-
-
-def maildir_messages(data: Path, address: str) -> list[EmailMessage]:
-    path = maildir_path(data / "mail", address)
-    if not path.exists():
-        return []
-    return [email.message_from_bytes(m.as_bytes(), policy=email.policy.default)
-            for m in mailbox.Maildir(str(path), create=False)]
 
 
 async def test_kill9_at_random_moments_with_mail_and_faxes_in_flight(tmp_path, procs,
@@ -92,37 +53,26 @@ async def test_kill9_at_random_moments_with_mail_and_faxes_in_flight(tmp_path, p
 [fax]
 report_poll_min_seconds = 0.1
 report_poll_max_seconds = 0.3
-[[senders]]
-name = "all"
-match = ["*"]
 [storage]
 data_dir = "{data}"
-""" + demo_topic_toml(url, 0.1))
-    args = ["serve", "--config", str(cfg), "--smtp-listen", f"127.0.0.1:{smtp_port}",
-            "--http-listen", f"127.0.0.1:{http_port}"]
+""" + ALL_SENDERS_TOML + demo_topic_toml(url, 0.1))
+    args = serve_args(cfg, smtp_port, http_port)
     monkeypatch.setenv("FB_PULL_PW", "simulator")  # inherited by the bridges
     accepted: list[str] = []
     injected: list[str] = []
-    counter = [0]
+    counter = itertools.count(1)
     rounds = 4
     for _ in range(rounds):
         bridge = Proc(args, tmp_path)
         procs.append(bridge)
         bridge.wait_output("faxbridge listening")
-        stop = threading.Event()
-        threads = [threading.Thread(target=stream, args=(f"127.0.0.1:{smtp_port}", counter,
-                                                         accepted, stop)) for _ in range(3)]
-        for th in threads:
-            th.start()
-        life = rnd.uniform(0.3, 2.5)
-        end = asyncio.get_running_loop().time() + life
-        while asyncio.get_running_loop().time() < end:
-            injected.append(await inject(url))
-            await asyncio.sleep(rnd.uniform(0.02, 0.2))
-        bridge.kill9()
-        stop.set()
-        for th in threads:
-            th.join()
+        with streaming(f"127.0.0.1:{smtp_port}", counter, accepted):
+            life = rnd.uniform(0.3, 2.5)
+            end = asyncio.get_running_loop().time() + life
+            while asyncio.get_running_loop().time() < end:
+                injected.append(await inject(url))
+                await asyncio.sleep(rnd.uniform(0.02, 0.2))
+            bridge.kill9()
     assert len(accepted) > 10 and len(injected) > 5, f"too little traffic {why}"
 
     final = Proc(args, tmp_path)
@@ -159,7 +109,7 @@ data_dir = "{data}"
         # reports: each finished job reported exactly once
         finished = {r["id"] for r in store.db.query(
             "SELECT id FROM jobs WHERE state IN ('done', 'failed')")}
-        threads_of = [m["In-Reply-To"] for m in maildir_messages(data, "alice@example.com")]
+        threads_of = [m["In-Reply-To"] for m in inbox(data, "alice@example.com")]
         assert len(threads_of) == len(set(threads_of)), f"a report was mailed twice {why}"
         assert len(threads_of) == len(finished), why
 

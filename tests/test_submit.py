@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import smtplib
-import threading
+import itertools
 import time
 from email.message import EmailMessage
 
 import httpx
 
 from faxbridge.store import Store
-from tests.conftest import Proc, free_port, retarus_toml, sim_jobs, start_simulator, wait_for
-from tests.smtp_client import send
+from tests.conftest import (
+    ALL_SENDERS_TOML,
+    Proc,
+    free_port,
+    retarus_toml,
+    serve_args,
+    sim_jobs,
+    start_simulator,
+    wait_for,
+)
+from tests.smtp_client import send, streaming
 
 
 def mail(n: int = 0) -> EmailMessage:
@@ -93,51 +101,24 @@ async def test_wrong_retarus_password_defers_not_fails(make_bridge, monkeypatch)
     assert "401" in job["last_error"] and job["next_attempt"] > time.time() + 30
 
 
-def stream_ids(address: str, accepted: list[str], stop: threading.Event) -> None:
-    host, port = address.split(":")
-    n = 0
-    while not stop.is_set():
-        n += 1
-        try:
-            with smtplib.SMTP(host, int(port), timeout=5) as s:
-                s.ehlo()
-                s.mail("alice@example.com")
-                s.rcpt("+4989123456@fax.local")
-                code, msg = s.data(mail(n).as_bytes().replace(b"\n", b"\r\n"))
-        except (OSError, smtplib.SMTPException):
-            return
-        if code == 250:
-            accepted.append(msg.decode().split("Queued as ")[1].split(":")[0])
-
-
 async def test_kill9_while_streaming_every_250_is_submitted_exactly_once(tmp_path, procs):
     smtp_port, http_port = free_port(), free_port()
     s = start_simulator(procs, tmp_path, "--complete-after", "0")
     cfg = tmp_path / "bridge.toml"
     cfg.write_text(retarus_toml(s) + f"""
-[[senders]]
-name = "all"
-match = ["*"]
 [storage]
 data_dir = "{tmp_path / 'data'}"
-""")
-    args = ["serve", "--config", str(cfg), "--smtp-listen", f"127.0.0.1:{smtp_port}",
-            "--http-listen", f"127.0.0.1:{http_port}"]
+""" + ALL_SENDERS_TOML)
+    args = serve_args(cfg, smtp_port, http_port)
     accepted: list[str] = []
+    counter = itertools.count(1)
     for round_ in range(3):
         bridge = Proc(args, tmp_path)
         procs.append(bridge)
         bridge.wait_output("faxbridge listening")
-        stop = threading.Event()
-        threads = [threading.Thread(target=stream_ids, args=(f"127.0.0.1:{smtp_port}",
-                                                             accepted, stop)) for _ in range(3)]
-        for th in threads:
-            th.start()
-        await asyncio.sleep(1.0 + 0.4 * round_)
-        bridge.kill9()
-        stop.set()
-        for th in threads:
-            th.join()
+        with streaming(f"127.0.0.1:{smtp_port}", counter, accepted):
+            await asyncio.sleep(1.0 + 0.4 * round_)
+            bridge.kill9()
     assert len(accepted) > 10, "the stream delivered too little to test anything"
     final = Proc(args, tmp_path)
     procs.append(final)

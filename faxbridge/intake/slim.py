@@ -59,6 +59,13 @@ def slim(raw: bytes | bytearray, threshold: int | None = None) -> Slimmed:
     return Slimmed(b"".join(out), cuts)
 
 
+def header_block(raw: bytes | bytearray) -> bytes | bytearray:
+    """The header section up to its blank line (CRLF as SMTP sends it, or bare LF),
+    without touching the body; all of `raw` if there is no blank line."""
+    m = _BLANK_LINE.search(raw)
+    return raw if m is None else raw[:m.end()]
+
+
 def _headers(raw: bytes | bytearray, start: int, end: int) -> tuple[Message, int] | None:
     """The header block of the entity at raw[start:end] and where its body begins."""
     if raw.startswith(b"\r\n", start) or raw.startswith(b"\n", start):  # no headers

@@ -21,6 +21,7 @@ from faxbridge.errors import StoreError
 from faxbridge.intake.mime import extract
 from faxbridge.intake.numbers import parse_number, split_address
 from faxbridge.intake.rules import Who, destination_allowed, find_rule, in_networks
+from faxbridge.intake.slim import header_block
 from faxbridge.intake.subject import decode_subject, header_line
 from faxbridge.outbound.request import request_skeleton
 from faxbridge.store import NewDocument, NewJob, NewRecipient, SmtpLogRecord
@@ -258,8 +259,7 @@ def _display_names(raw: bytes | bytearray, country: str) -> dict[str, str]:
     try:
         # the header block only: parsing all of a 30 MB mail for two headers cost
         # eight times its size in memory (the body is skipped anyway)
-        end = raw.find(b"\r\n\r\n")
-        headers = BytesHeaderParser().parsebytes(raw if end < 0 else raw[:end + 4])
+        headers = BytesHeaderParser().parsebytes(header_block(raw))
         pairs = getaddresses(headers.get_all("To", []) + headers.get_all("Cc", []))
     except Exception:  # noqa: BLE001
         return {}

@@ -100,12 +100,9 @@ def _write_blob(c: sqlite3.Connection, table: str, column: str, rowid: int | Non
 
 
 def _read_blob(c: sqlite3.Connection, table: str, column: str, rowid: int) -> bytes:
-    try:
-        with c.blobopen(table, column, rowid, readonly=True) as blob:
-            return blob.read()
-    except sqlite3.OperationalError:  # NULL or a text value: blob I/O cannot open it
-        row = c.execute(f"SELECT {column} FROM {table} WHERE rowid=?", (rowid,)).fetchone()
-        return bytes(row[0] or b"") if row else b""
+    # both blob columns are NOT NULL and only ever written as blobs (zeroblob(0) too)
+    with c.blobopen(table, column, rowid, readonly=True) as blob:
+        return blob.read()
 
 
 class Store:
