@@ -13,6 +13,10 @@ S451_STORE = "451 4.3.0 Temporary failure storing your fax; nothing was queued, 
 S451_INTERNAL = "451 4.3.0 Temporary internal error; nothing was queued, try again later"
 S452_TOO_MANY = "452 4.5.3 Too many recipients (at most {limit} per mail)"
 S503_NEED_RCPT = "503 5.5.1 No valid fax recipient; nothing to send"
+S501_DATA_ARG = "501 5.5.4 Syntax: DATA takes no argument"
+S552_TOO_BIG = "552 5.3.4 Message too big: this server takes at most {limit} bytes"
+S500_LINE_TOO_LONG = ("500 5.5.2 Line too long: lines may have at most 1000 characters "
+                      "(RFC 5321 section 4.5.3.1.6)")
 S530_AUTH = ("530 5.7.0 Authentication required: your network ({peer}) may only send faxes "
              "after SMTP AUTH")
 S550_RELAY = ("550 5.7.1 Relaying denied: {domain} is not a fax domain of this server "

@@ -60,13 +60,18 @@ async def test_refused_data_leaves_the_connection_usable(make_bridge):
     bridge = await make_bridge(smtp={"max_message_size": 20000})
     wire = await Wire.open(bridge.smtp_address)
     big = HEAD + (b"x" * 70 + b"\r\n") * 400
-    assert (await wire.transaction(big)).startswith("552")
+    assert (await wire.transaction(big)) == \
+        "552 5.3.4 Message too big: this server takes at most 20000 bytes"
     long_line = HEAD + b"y" * 1500 + b"\r\n"
-    assert (await wire.transaction(long_line)).startswith("500 Line too long")
+    assert (await wire.transaction(long_line)).startswith("500 5.5.2 Line too long")
     # longer than the stream reader's buffer limit: read through in pieces
     huge_line = HEAD + b"z" * 200_000 + b"\r\nafter\r\n"
-    assert (await wire.transaction(huge_line)).startswith("500 Line too long")
+    assert (await wire.transaction(huge_line)).startswith("500 5.5.2 Line too long")
     ok = await wire.transaction(HEAD + b"fine\r\n")
     assert ok.startswith("250"), ok
     await wire.cmd(b"QUIT")
     await wait_for(lambda: len(bridge.store.list_jobs()) == 1)
+    # each refusal is in the SMTP log with the reply the client got, and no job
+    rows = await wait_for(lambda: len(r := bridge.store.list_log()) >= 4 and r)
+    replies = sorted(row["reply"][:9] for row in rows if row["job_id"] is None)
+    assert replies == ["500 5.5.2", "500 5.5.2", "552 5.3.4"]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
 
+from faxbridge import replies
 from faxbridge.smtp.auth import verify_password
 from faxbridge.smtp.handler import FaxHandler
 from faxbridge.web.server import address, bind
@@ -53,10 +54,10 @@ class FaxSMTP(SMTP):
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
+            await self.push(replies.S503_NEED_RCPT)
             return
         if arg:
-            await self.push("501 Syntax: DATA")
+            await self.push(replies.S501_DATA_ARG)
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         buf = bytearray()
@@ -74,7 +75,7 @@ class FaxSMTP(SMTP):
                 # a line beyond the reader's buffer limit: keep reading, refuse at the end
                 chunk = await self._reader.read(exc.consumed)
                 received += len(chunk)
-                error = error or "500 Line too long (see RFC5321 4.5.3.1.6)"
+                error = error or replies.S500_LINE_TOO_LONG
                 in_long_line = True
                 buf.clear()
                 continue
@@ -86,14 +87,17 @@ class FaxSMTP(SMTP):
                 break
             received += len(line)
             if error is None and limit and received > limit:
-                error = "552 Error: Too much mail data"
+                error = replies.S552_TOO_BIG.format(limit=limit)
             elif error is None and len(line) > self.line_length_limit:
-                error = "500 Line too long (see RFC5321 4.5.3.1.6)"
+                error = replies.S500_LINE_TOO_LONG
             if error is not None:
                 buf.clear()  # drop what came, keep reading to the final dot
                 continue
             buf += line[1:] if line.startswith(b".") else line
         if error is not None:
+            # into the SMTP log with its reason (the handler never saw this message)
+            if isinstance(self.event_handler, FaxHandler) and self.session is not None:
+                self.event_handler.flush(self.session, error)
             await self.push(error)
             self._set_post_data_state()
             return
