@@ -38,7 +38,7 @@ class Overrides:
 
 
 def apply_overrides(cfg: Config, o: Overrides) -> Config:
-    """`serve` flags win over the config file (DESIGN.md "Fixed points")."""
+    """`serve` flags win over the config file (README "Command line")."""
     upd = {}
     if o.data_dir:
         upd["storage"] = cfg.storage.model_copy(update={"data_dir": o.data_dir})

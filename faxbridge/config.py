@@ -26,7 +26,7 @@ from pydantic import (
 
 from faxbridge.errors import ConfigError
 
-# Retarus Fax4A hosts (WIRE.md §1.1): the HA URL is for sending only; reports
+# Retarus Fax4A hosts (docs/retarus-wire.md §1.1, Retarus 'Fax4A overview'): the HA URL is for sending only; reports
 # live on the data center that processed the job and must be asked there.
 REGIONS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "de": ("https://faxws-ha.de.retarus.com/rest/v1",
@@ -36,7 +36,7 @@ REGIONS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "ch": (None, ("https://faxws.ch1.retarus.com/rest/v1",)),
     "sg": (None, ("https://faxws.sg1.retarus.com/rest/v1",)),
 }
-# Simulator paths (DESIGN.md "Fixed points"), relative to the simulator's base URL.
+# Simulator paths (README "The Retarus simulator"; tests rely on them), relative to the simulator's base URL.
 SIM_REGIONS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "de": ("/fax4a/ha-de/rest/v1", ("/fax4a/de1/rest/v1", "/fax4a/de2/rest/v1")),
     "us": ("/fax4a/ha-us/rest/v1", ("/fax4a/us1/rest/v1", "/fax4a/us2/rest/v1")),
@@ -327,7 +327,7 @@ class Config(Model):
 
 def embedded_default() -> Config:
     """The config `faxbridge serve` runs on with no file: simulator, Maildir, SQLite,
-    loopback senders may fax any valid number (DESIGN.md "Fixed points")."""
+    loopback senders may fax any valid number (README "Quick start")."""
     return Config(
         senders=(SenderRule(name="loopback", match=("net:127.0.0.0/8", "net:::1/128")),),
         topics=(Topic(name="demo", addresses=("fax-inbox@localhost",), poll_interval=1.0),),

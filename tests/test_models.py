@@ -1,4 +1,4 @@
-"""The response models parse the real Retarus fixtures unchanged (WIRE.md §6)."""
+"""The response models parse the real Retarus fixtures unchanged (the Java SDK's fixtures, docs/retarus-wire.md §2)."""
 
 from __future__ import annotations
 

@@ -121,7 +121,7 @@ data_dir = "{data}"
 
 async def test_one_data_center_down_jobs_go_through_the_other(make_bridge):
     """de1 answers 503 to everything (its load balancer is up, the back end is not);
-    the HA URL routes around it (WIRE.md §1.3). Tracking must find the reports on de2,
+    the HA URL routes around it (docs/retarus-wire.md §1.3). Tracking must find the reports on de2,
     and the admin sees the de1 errors only as detail, never as a failed job."""
     bridge = await make_bridge(fax=FAST)
     async with httpx.AsyncClient() as c:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("faxbridge.inbound")
 
-# Field names of the Fax2WSPull metadata are UNKNOWN (WIRE.md §3): look for the
+# Field names of the Fax2WSPull metadata are unknown (docs/retarus-wire.md §3): look for the
 # likely spellings, including those of the Fax-to-Webservice XML (CallingNumber, …).
 FIELDS = {
     "calling": ("callingNumber", "CallingNumber", "senderNumber", "from"),

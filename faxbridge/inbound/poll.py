@@ -1,4 +1,4 @@
-"""One poller per Fax2WSPull topic (fax2ws-pull.md, WIRE.md §3).
+"""One poller per Fax2WSPull topic (Retarus Fax2WSPull page; docs/retarus-wire.md §3).
 
 fetch a batch → download every document → commit the fax locally → only then
 acknowledge it. The ack rides on the next call (the documented `next` URL when

@@ -1,10 +1,10 @@
 """MIME message → fax documents (pure; no I/O).
 
-Designed against the failure modes in peers.md (b): attachments nested in
-multipart/related or forwarded messages (6), inline logos faxed as pages (7),
-text+HTML alternatives faxed twice (8), application/octet-stream ignored (9),
-charset errors losing the mail (10), only one attachment honoured (12), and
-Outlook's winmail.dat (5). Every part is accounted for: used, or skipped and why.
+Designed against the ways email-to-fax gateways lose documents in practice:
+attachments nested in multipart/related or forwarded messages, inline logos faxed
+as pages, text+HTML alternatives faxed twice, application/octet-stream ignored,
+charset errors losing the mail, only one attachment honoured, and Outlook's
+winmail.dat (TNEF). Every part is accounted for: used, or skipped and why.
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ def _matches(pattern: str, who: Who) -> bool:
                                                                               strict=False)
         except ValueError:
             return False
-    # Addresses compare case-insensitively (peers.md failure mode 2: Kazoo needed
-    # three fixes for upper-case addresses).
+    # Addresses compare case-insensitively: mail clients and MTAs change the case of
+    # addresses freely, and a gateway that compares them exactly refuses real senders.
     return fnmatch.fnmatchcase(who.sender.lower(), pattern.lower())
 
 

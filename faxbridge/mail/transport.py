@@ -27,7 +27,7 @@ class Transport(Protocol):
 
 
 def maildir_path(root: Path, address: str) -> Path:
-    # One Maildir per address under <data-dir>/mail/<address>/ (DESIGN.md "Fixed points");
+    # One Maildir per address under <data-dir>/mail/<address>/ (README "Quick start"; tests and operators rely on it);
     # the address is made safe as a directory name.
     safe = re.sub(r"[^A-Za-z0-9@._+-]", "_", address.lower()).lstrip(".") or "_"
     return root / safe

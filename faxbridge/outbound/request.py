@@ -20,7 +20,7 @@ def request_skeleton(cfg: Config, rule: SenderRule, job_id: str, header: str,
     opts = rule.options
     req: dict[str, Any] = {
         # The bridge's own id travels as customerDefinedId so a job caught by a
-        # crash between POST and commit can be found again (DESIGN.md "No duplicates").
+        # crash between POST and commit can be found again (docs/retarus-wire.md §2.1: customerDefinedId).
         "reference": {"customerDefinedId": job_id},
         "recipients": [
             {"number": num, **({"properties": [{"key": "ToName", "value": name[:100]}]}

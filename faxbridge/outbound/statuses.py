@@ -1,5 +1,5 @@
 """Retarus transmission status codes in plain words, with what to do
-(docs.retarus.com "transmission status codes outbound fax", WIRE.md §2.8).
+(docs.retarus.com "transmission status codes outbound fax", docs/retarus-wire.md §2.8).
 Codes not listed are shown as they are: the enum is not published in full."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fax4A REST v1 client (WIRE.md §1–§2).
+"""Fax4A REST v1 client (docs/retarus-wire.md §1–§2).
 
 Sending goes to the region's HA URL; reports live only on the data center that
 processed the job, so report calls ask every data-center URL and treat a 404 from
@@ -122,7 +122,7 @@ class Fax4AClient:
             resp = await request(self.http, "GET", self._url(base, "/fax/reports"),
                                  f"list reports at {base}")
         except NotFound:
-            return []  # empty list may be a 404 (WIRE.md §2.3 UNKNOWN)
+            return []  # empty list may be a 404 (docs/retarus-wire.md §2.3: unknown)
         return ReportList.model_validate_json(resp.content).reports
 
     async def list_all_reports(self) -> list[tuple[FaxReport, str]]:
@@ -148,7 +148,7 @@ class Fax4AClient:
 
     async def delete_report(self, job_id: str, base: str | None = None) -> DeletionReport:
         """Delete one report where it lives (or on each data center in turn).
-        An unknown job may be answered 404 or 400 (WIRE.md §2.5): both mean not found.
+        An unknown job may be answered 404 or 400 (docs/retarus-wire.md §2.5): both mean not found.
         A data center that cannot be reached does not stop the search on the others;
         if the report was found nowhere, its error is raised so the caller tries again."""
         transient: Transient | None = None

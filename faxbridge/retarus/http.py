@@ -1,6 +1,6 @@
 """The HTTP boundary: httpx and Retarus status codes → Transient / Permanent / AuthError.
 
-Status codes per WIRE.md §2.7: 400/404/409 permanent; 401/403 authentication;
+Status codes per docs/retarus-wire.md §2.7: 400/404/409 permanent; 401/403 authentication;
 429, 5xx and Retarus' 520 UNKNOWN_ERROR transient. Error bodies are documented as
 "No Content", so nothing here requires a body.
 """

@@ -1,4 +1,4 @@
-"""Pydantic models of the Retarus wire (WIRE.md §2–§4, fax4a-send-fax.md).
+"""Pydantic models of the Retarus wire (docs/retarus-wire.md §2–§4; Retarus sendJobRequest page).
 
 Requests are strict: the documented limits are enforced before anything is sent.
 Responses are tolerant: extra fields ignored, `status` an open string, nulls allowed.
@@ -154,7 +154,7 @@ class RecipientStatus(Resp):
     number: str | None = None
     alternativeNumbers: list[str] | None = None
     properties: list[dict[str, Any]] | None = None
-    status: str = "PENDING"  # open string: OK, PENDING, BUSY, NOFAX, … (WIRE.md §2.8)
+    status: str = "PENDING"  # open string: OK, PENDING, BUSY, NOFAX, … (docs/retarus-wire.md §2.8)
     reason: str | None = None
     sentTs: str | None = None
     durationInSecs: int | None = None
@@ -164,7 +164,7 @@ class RecipientStatus(Resp):
     @model_validator(mode="before")
     @classmethod
     def _aliases(cls, data: Any) -> Any:
-        # Push payloads may say sentTS (the XML spelling, WIRE.md §4).
+        # Push payloads may say sentTS (the XML spelling, docs/retarus-wire.md §4).
         if isinstance(data, dict) and "sentTS" in data and "sentTs" not in data:
             data = {**data, "sentTs": data["sentTS"]}
         return data
@@ -179,7 +179,7 @@ class FaxReport(Resp):
     @model_validator(mode="before")
     @classmethod
     def _push_shape(cls, data: Any) -> Any:
-        # The status push (WIRE.md §4) names the list faxRecipient or faxRecipients.
+        # The status push (docs/retarus-wire.md §4) names the list faxRecipient or faxRecipients.
         if isinstance(data, dict) and "recipientStatus" not in data:
             for key in ("faxRecipients", "faxRecipient"):
                 if key in data:
@@ -208,7 +208,7 @@ class DeletionList(Resp):
     reports: list[DeletionReport] = []
 
 
-# Fax2WSPull (WIRE.md §3): only next/exit, id and documents[].url are known;
+# Fax2WSPull (docs/retarus-wire.md §3): only next/exit, id and documents[].url are known;
 # everything else is kept as free metadata.
 class PullDocument(Resp):
     model_config = ConfigDict(extra="allow")

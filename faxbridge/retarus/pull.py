@@ -1,4 +1,4 @@
-"""Fax2WSPull client (WIRE.md §3, fax2ws-pull.md).
+"""Fax2WSPull client (docs/retarus-wire.md §3; Retarus Fax2WSPull page).
 
 A fetch locks the returned faxes (60 s by default); they are acknowledged by
 passing their ids to the next call — the `next` URL (ack + fetch more) or the

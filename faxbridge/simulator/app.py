@@ -1,7 +1,7 @@
 """The Retarus simulator: Fax4A data centers + HA send URLs, Fax2WSPull, and a
-control API under /_sim/ (DESIGN.md "Fixed points"; behaviour from WIRE.md).
+control API under /_sim/ (README "The Retarus simulator"; behaviour from docs/retarus-wire.md).
 
-Where WIRE.md marks a behaviour UNKNOWN or GUESS the simulator takes the
+Where docs/retarus-wire.md marks a behaviour unknown the simulator takes the
 suggested default of its §8 table: 201 on send, empty error bodies, PENDING from
 the owning data center and 404 from the others, 404 for deleting an unknown report.
 """
@@ -153,7 +153,7 @@ class SimState:
         self.calls: list[dict[str, Any]] = []
 
     def pick_dc(self, ha: str) -> str:
-        # WIRE.md §1.3: the HA URL forwards to one data center; which one is not
+        # docs/retarus-wire.md §1.3: the HA URL forwards to one data center; which one is not
         # observable (GUESS: round-robin). Tests may pin it with /_sim/config.
         return self.ha_route.get(ha) or next(self._rr[ha])
 
@@ -287,7 +287,7 @@ def build_app(state: SimState) -> FaultLayer:
             auth = httpx.BasicAuth(push_opts.get("principal") or "",
                                    push_opts.get("credentials") or "")
         client = state.push_client()
-        for attempt in range(3):  # Retarus' retry policy is UNKNOWN (WIRE.md §4)
+        for attempt in range(3):  # Retarus' retry policy is unknown (docs/retarus-wire.md §4)
             # a fault on the job's data center ("push" or "any") means that data
             # center is down: its push does not go out this time
             if state.take_fault("push", job.dc) is not None:
@@ -417,7 +417,7 @@ def build_app(state: SimState) -> FaultLayer:
         except (ValueError, AssertionError):
             return Response(status_code=400)
         faxes = state.faxes.setdefault(name, [])
-        # ids: comma-separated, URL-encoded (%2C decodes to ',' here) — WIRE.md §3.1
+        # ids: comma-separated, URL-encoded (%2C decodes to ',' here) — docs/retarus-wire.md §3
         ack = {i for i in q.get("ids", "").split(",") if i}
         for fax in faxes:
             if fax.fax_id in ack:

@@ -1,5 +1,5 @@
 """Validation of a FaxJobRequest exactly as the Fax4A docs describe it
-(fax4a-send-fax.md, WIRE.md §2.1, §5). Written independently of the client's
+(Retarus sendJobRequest / Definitions pages; docs/retarus-wire.md §2.1, §5). Written independently of the client's
 models on purpose: the simulator must catch our client's mistakes, not share them.
 Returns a list of problems; empty means the job would be accepted."""
 

@@ -48,7 +48,7 @@ def build_web_app(bridge: Bridge) -> Starlette:
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
     async def push(request: Request) -> Response:
-        """Retarus status push (WIRE.md §4): JSON, Basic auth. Answers 2xx only after
+        """Retarus status push (docs/retarus-wire.md §4): JSON, Basic auth. Answers 2xx only after
         the outcome is committed; an unknown or already final job changes nothing."""
         if not basic_ok(request.headers.get("authorization", ""),
                         bridge.cfg.retarus.push_username, bridge.push_secret):
