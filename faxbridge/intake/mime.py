@@ -78,7 +78,6 @@ class Extraction:
     parts: list[PartInfo] = field(default_factory=list)
     subject: str | None = None
     message_id: str | None = None
-    defects: list[str] = field(default_factory=list)
 
     def why_nothing(self) -> str:
         if not self.parts:
@@ -409,5 +408,4 @@ def _extract(data: bytes | bytearray, allowed_types: tuple[str, ...], body_mode:
     res = walker.finish()
     res.subject = msg.get("Subject")
     res.message_id = (msg.get("Message-ID") or "").strip() or None
-    res.defects = [type(d).__name__ for d in msg.defects]
     return res

@@ -13,8 +13,6 @@ if TYPE_CHECKING:
 
     from faxbridge.mail.compose import Composer
 
-EVENTS = ("delivered", "partial", "failed", "notsubmitted")
-
 
 def pretty(number: str) -> str:
     try:

@@ -400,16 +400,12 @@ class Store:
         return True
 
     def set_inbound_state(self, key: str, state: str, *, error: str | None = None,
-                          next_attempt: float | None = None,
                           delivered_to: str | None = None) -> None:
         assert state in IN_STATES, state
         with self.db.tx() as c:
             c.execute("UPDATE inbound SET state=?, updated=?, last_error=COALESCE(?,last_error),"
-                      " next_attempt=COALESCE(?,next_attempt),"
-                      " delivered_to=COALESCE(?,delivered_to), attempts=attempts+?"
-                      " WHERE id=?",
-                      (state, time.time(), error, next_attempt, delivered_to,
-                       1 if state == "deferred" else 0, key))
+                      " delivered_to=COALESCE(?,delivered_to) WHERE id=?",
+                      (state, time.time(), error, delivered_to, key))
 
     def has_inbound(self, topic: str, fax_id: str) -> bool:
         return bool(self.db.query("SELECT 1 FROM inbound WHERE id=?", (f"{topic}/{fax_id}",)))
@@ -441,19 +437,15 @@ class Store:
 
     # ---------------------------------------------------------- mail out
     def queue_mail(self, kind: str, ref: str | None, mail_from: str, recipients: list[str],
-                   raw: bytes, *, job_event: tuple[str, str] | None = None,
-                   inbound_state: tuple[str, str] | None = None) -> int:
-        """Queue an outgoing mail; optionally in the same transaction record the job
-        event / inbound state that produced it, so a crash cannot produce it twice."""
+                   raw: bytes, *, inbound_state: tuple[str, str] | None = None) -> int:
+        """Queue an outgoing mail; optionally in the same transaction record the
+        inbound state that produced it, so a crash cannot produce it twice."""
         now = time.time()
         with self.db.tx() as c:
             cur = c.execute(
                 "INSERT INTO mail_out (state,created,updated,kind,ref,mail_from,"
                 "recipients_json,raw) VALUES ('queued',?,?,?,?,?,?,?)",
                 (now, now, kind, ref, mail_from, json.dumps(recipients), raw))
-            if job_event is not None and ref is not None:
-                c.execute("UPDATE jobs SET reported=1, updated=? WHERE id=?", (now, ref))
-                self._event(c, ref, *job_event)
             if inbound_state is not None:
                 key, state = inbound_state
                 c.execute("UPDATE inbound SET state=?, updated=? WHERE id=?", (state, now, key))
