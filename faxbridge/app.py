@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import signal
+import ssl
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from typing import Any, TypeVar
 import httpx
 
 from faxbridge.config import Config
+from faxbridge.errors import ConfigError
+from faxbridge.preflight import preflight
 from faxbridge.retarus.fax4a import Fax4AClient, Fax4AEndpoints, make_client
 from faxbridge.simulator.app import SimState, build_app
 from faxbridge.store import Store
@@ -78,10 +81,13 @@ class Bridge:
         from faxbridge.mail.transport import make_transport
         self.composer = Composer(cfg.mail.template_dir, cfg.smtp.hostname)
         self.transport = make_transport(cfg.mail, cfg.storage.data_dir)
-        # The status push secret: configured, or (simulator) a random one per run that
-        # travels to the simulator inside each job, like the real credentials would.
-        self.push_secret = cfg.retarus.push_password.resolve() or (
-            secrets.token_urlsafe(18) if cfg.retarus.mode == "simulator" else None)
+        # The status push secret (set in start, after the preflight has checked that
+        # a configured one can be read).
+        self.push_secret: str | None = None
+        # The STARTTLS context new SMTP sessions use (None: no STARTTLS), and the
+        # fingerprint of the files it came from; built by the preflight.
+        self.smtp_tls: ssl.SSLContext | None = None
+        self.smtp_tls_fingerprint: str | None = None
         from faxbridge.web.metrics import Metrics
         self.metrics = Metrics()
         self.accepting = True          # False while shutting down: new sessions get 421
@@ -106,6 +112,18 @@ class Bridge:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         cfg = self.cfg
+        # What `faxbridge check` validates, before anything is bound or created: a
+        # missing certificate or secret is a ConfigError naming its key, not a traceback.
+        pre = preflight(cfg)
+        if pre.errors:
+            raise ConfigError(pre.errors)
+        for warning in pre.warnings:
+            log.warning("config: %s", warning)
+        self.smtp_tls, self.smtp_tls_fingerprint = pre.tls, pre.tls_fingerprint
+        # Configured, or (simulator) a random one per run that travels to the
+        # simulator inside each job, like the real credentials would.
+        self.push_secret = cfg.retarus.push_password.resolve() or (
+            secrets.token_urlsafe(18) if cfg.retarus.mode == "simulator" else None)
         data_dir = cfg.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(data_dir / "faxbridge.sqlite3", cfg.storage.busy_timeout_ms)
@@ -159,37 +177,59 @@ class Bridge:
     async def reload(self, new: Config) -> list[str]:
         """Switch to a validated config. New SMTP sessions and new jobs use it at once
         (the handler reads bridge.cfg per command); nothing in flight is dropped.
-        A changed listen address binds the new listener before the old one closes;
-        if it cannot bind, the old config stays in force and the error is logged."""
+
+        Nothing running is closed before everything new is ready: the preflight
+        (certificate and key, secrets, data directory) runs first, then any changed
+        listen address is bound; only then the old listeners close. A certificate
+        change on the same port swaps the STARTTLS context that new sessions take,
+        without rebinding, so the port is never closed. If any step fails, the old
+        config, listeners and TLS context stay in force and the problems are logged."""
         from faxbridge.mail.compose import Composer
         from faxbridge.mail.transport import make_transport
         from faxbridge.smtp.server import start_smtp
         from faxbridge.web.app import build_web_app
         from faxbridge.web.server import ListenError
         old, changes = self.cfg, []
-        smtp_restart = (new.smtp.listen, new.smtp.tls_cert, new.smtp.tls_key) != \
-            (old.smtp.listen, old.smtp.tls_cert, old.smtp.tls_key)
-        self.cfg = new
+        pre = preflight(new)
+        if pre.errors:
+            for problem in pre.errors:
+                log.error("reload refused, keeping the running config: %s", problem)
+            return []
+        for warning in pre.warnings:
+            log.warning("config: %s", warning)
+        fresh_smtp: tuple[asyncio.base_events.Server, str] | None = None
+        fresh_http: HttpServer | None = None
         try:
-            if smtp_restart:
-                same_port = new.smtp.listen == old.smtp.listen
-                if same_port and self.smtp_server is not None:
-                    self.smtp_server.close()  # only TLS changed: the port must be free
-                server, address = await start_smtp(self)
-                if not same_port and self.smtp_server is not None:
-                    self.smtp_server.close()  # existing sessions go on on their sockets
-                self.smtp_server, self.smtp_address = server, address
-                changes.append("smtp listener")
+            if new.smtp.listen != old.smtp.listen:
+                fresh_smtp = await start_smtp(self, new.smtp.listen)
             if new.http.listen != old.http.listen and self.http_server is not None:
-                fresh = HttpServer(build_web_app(self), new.http.listen, "http.listen")
-                await fresh.start()
-                await self.http_server.stop()
-                self.http_server = fresh
-                changes.append("http listener")
+                fresh_http = HttpServer(build_web_app(self), new.http.listen, "http.listen")
+                await fresh_http.start()
         except (ListenError, OSError) as exc:
-            self.cfg = old
+            if fresh_smtp is not None:
+                fresh_smtp[0].close()
+            if fresh_http is not None:
+                with contextlib.suppress(Exception):
+                    await fresh_http.stop()
+                fresh_http.sock.close()
             log.error("reload refused, keeping the running config: %s", exc)
             return []
+        # Everything new is ready: switch, then close what it replaces.
+        self.cfg = new
+        if fresh_smtp is not None:
+            if self.smtp_server is not None:
+                self.smtp_server.close()  # existing sessions go on on their sockets
+            self.smtp_server, self.smtp_address = fresh_smtp
+            changes.append("smtp listener")
+        if fresh_http is not None:
+            assert self.http_server is not None
+            await self.http_server.stop()
+            self.http_server = fresh_http
+            changes.append("http listener")
+        if pre.tls_fingerprint != self.smtp_tls_fingerprint:
+            changes.append("smtp TLS")
+        # Always the freshly loaded context: it is the one the preflight validated.
+        self.smtp_tls, self.smtp_tls_fingerprint = pre.tls, pre.tls_fingerprint
         self.composer = Composer(new.mail.template_dir, new.smtp.hostname)
         self.transport = make_transport(new.mail, new.storage.data_dir)
         if new.retarus != old.retarus:
@@ -214,9 +254,9 @@ class Bridge:
         cfg = self.cfg
         password = cfg.retarus.password.resolve() or (
             SIM_PASSWORD if cfg.retarus.mode == "simulator" else None)
-        if password is None:
-            raise RuntimeError("retarus.password: no password (set retarus.password.env "
-                               "or retarus.password.file)")
+        if password is None:  # the preflight catches this first; never a traceback
+            raise ConfigError(["retarus.password: no password in live mode (set "
+                               "retarus.password.env or retarus.password.file)"])
         if self._http is not None:
             self._old_http.append(self._http)
         self._http = make_client(cfg.retarus.username, password, cfg.retarus.timeout)
@@ -302,7 +342,6 @@ def _mtimes(path: Path) -> tuple[float, ...]:
 
 async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
               config_path: Path | None = None, overrides: Overrides | None = None) -> None:
-    from faxbridge.errors import ConfigError
     bridge = Bridge(cfg)
     try:
         await bridge.start()
@@ -330,8 +369,9 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
         try:
             new = load_for_reload(config_path, overrides or Overrides())
         except ConfigError as exc:
-            log.error("reload (%s) refused, keeping the running config: %s", reason,
-                      "; ".join(exc.problems))
+            for problem in exc.problems:  # one line per problem, each with its key path
+                log.error("reload (%s) refused, keeping the running config: %s", reason,
+                          problem)
             return
         try:
             await bridge.reload(new)

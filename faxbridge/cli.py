@@ -85,10 +85,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ListenError as exc:
         print(f"faxbridge: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:
+        # The preflight in Bridge.start (the same one `check` runs): print it like a
+        # config file error, naming the file it concerns.
+        raise ConfigError(exc.problems, exc.source or args.config or "embedded default") \
+            from None
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """The file, then what it names (TLS files, secrets, data directory): the same
+    preflight `serve` runs at start and on every reload."""
+    from faxbridge.preflight import preflight
     try:
         cfg = _load(args.config)
     except ConfigError as exc:
@@ -96,7 +104,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         for p in exc.problems:
             print(f"  {p}")
         return 1
-    print("ok")
+    pre = preflight(cfg)
+    if pre.errors:
+        print(f"{args.config or 'embedded default'}: {len(pre.errors)} error(s)")
+        for p in pre.errors:
+            print(f"  {p}")
+    else:
+        print("ok")
+    for w in pre.warnings:
+        print(f"  warning: {w}")
+    if pre.errors:
+        return 1
     for line in config_mod.summary(cfg):
         print("  " + line)
     return 0

@@ -4,7 +4,6 @@ STARTTLS, AUTH, SIZE and timeouts from the config."""
 from __future__ import annotations
 
 import asyncio
-import ssl
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
@@ -122,16 +121,16 @@ class FaxSMTP(SMTP):
         super().connection_lost(exc)
 
 
-def tls_context(cert: str, key: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    return ctx
+async def start_smtp(bridge: Bridge,
+                     listen: str | None = None) -> tuple[asyncio.base_events.Server, str]:
+    """Bind `listen` (default: the current smtp.listen) and serve SMTP on it.
 
-
-async def start_smtp(bridge: Bridge) -> tuple[asyncio.base_events.Server, str]:
-    cfg = bridge.cfg.smtp
+    The STARTTLS context is not fixed here: each new session takes
+    `bridge.smtp_tls` as it is when the client connects. The bridge builds and
+    validates that context in its preflight, so a reload can switch certificates
+    without closing the port, and a certificate that does not load never
+    replaces the one in use."""
     handler = FaxHandler(bridge)
-    ctx = tls_context(str(cfg.tls_cert), str(cfg.tls_key)) if cfg.tls_cert else None
 
     def authenticator(server: Any, session: Any, envelope: Any, mechanism: str,
                       auth_data: Any) -> AuthResult:
@@ -152,7 +151,7 @@ async def start_smtp(bridge: Bridge) -> tuple[asyncio.base_events.Server, str]:
             data_size_limit=current.max_message_size,
             hostname=current.hostname,
             ident=current.banner,
-            tls_context=ctx,
+            tls_context=bridge.smtp_tls,
             require_starttls=False,
             timeout=current.timeout,
             authenticator=authenticator if current.users else None,
@@ -165,6 +164,6 @@ async def start_smtp(bridge: Bridge) -> tuple[asyncio.base_events.Server, str]:
         smtp.bridge = bridge
         return smtp
 
-    sock = bind(cfg.listen, "smtp.listen")
+    sock = bind(listen or bridge.cfg.smtp.listen, "smtp.listen")
     server = await asyncio.get_running_loop().create_server(factory, sock=sock)
     return server, address(sock)
