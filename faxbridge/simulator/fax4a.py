@@ -4,9 +4,10 @@ status push when a job completes. Behaviour from the Retarus pages sendJobReques
 getStatusReport, getAllStatusReports, bulkStatusReports, deleteOldestStatusReports
 and Status push, as summarised in docs/retarus-wire.md §1.3, §2 and §4.
 
-Where docs/retarus-wire.md marks a behaviour unknown the simulator takes the
-suggested default of its §8 table: 201 on send, empty error bodies, PENDING from
-the owning data center and 404 from the others, 404 for deleting an unknown report.
+Where docs/retarus-wire.md marks a behaviour unknown the simulator picks one of the
+allowed answers: 201 on send (§2.1), empty error bodies (§2.7), PENDING from the
+owning data center and 404 from the others (§2.2), 404 for deleting an unknown
+report (§2.5).
 """
 
 from __future__ import annotations
