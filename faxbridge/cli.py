@@ -250,8 +250,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if args.action == "release":
         from faxbridge.outbound.submit import release_job
         ok, message = release_job(store, args.id, by="admin (CLI)", force=args.force)
-        print(message if ok else f"faxbridge jobs release: {message}",
-              file=sys.stdout if ok else sys.stderr)
+        print(message)
         return 0 if ok else 1
     rows = store.list_jobs(state=args.state, sender=args.sender, limit=args.limit)
     if args.json:

@@ -202,7 +202,7 @@ async def test_cli_refuses_to_release_a_job_still_looked_for_unless_forced(
     shown = await asyncio.to_thread(cli, "show", t.job_id)
     assert "at Retarus: may be at Retarus already" in shown.stdout, shown.stdout
     refused = await asyncio.to_thread(cli, "release", t.job_id)
-    assert refused.returncode == 1 and "send the fax twice" in refused.stderr, refused
+    assert refused.returncode == 1 and "send the fax twice" in refused.stdout, refused
     assert bridge.store.job(t.job_id)["state"] == "held"
     forced = await asyncio.to_thread(cli, "release", t.job_id, "--force")
     assert forced.returncode == 0, forced
