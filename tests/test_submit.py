@@ -71,6 +71,19 @@ async def test_deadline_turns_transient_into_failed(make_bridge):
     assert "503" in job["last_error"]
 
 
+async def test_job_whose_validity_ended_while_waiting_is_not_sent(make_bridge):
+    """Retarus would refuse a job past its jobValid.end, and nothing would follow it:
+    the bridge fails it as not sent, with the reason, instead of sending it."""
+    bridge = await make_bridge(fax={"job_valid_seconds": 1})
+    # the HA URL and both data centers answer 503: deferred (≥2 s), past the validity
+    await fault(bridge.sim_url, endpoint="send", count=3, status=503)
+    t = await send(bridge.smtp_address, mail())
+    await state_of(bridge, t.job_id, ("failed",))
+    assert any("validity ended before it could be sent" in (e["detail"] or "")
+               for e in bridge.store.job_events(t.job_id))
+    assert await sim_jobs(bridge.sim_url) == []
+
+
 async def test_no_answer_after_sending_is_not_resent_but_confirmed(make_bridge):
     """The POST goes out, the answer comes after our timeout (Retarus did take the
     job): the bridge must not send the fax again; it finds it by customerDefinedId."""
