@@ -197,8 +197,7 @@ class Submitter:
         then means Retarus never had it; the job stays held, marked safe to release."""
         store, fax4a = self.bridge.store, self.bridge.fax4a
         assert store is not None and fax4a is not None
-        waiting = [j for j in await self.bridge.db(store.jobs_in, ("held",))
-                   if j["last_error"] == UNCONFIRMED]
+        waiting = await self.bridge.db(store.held_for, UNCONFIRMED)
         if not waiting:
             return
         started = time.time()

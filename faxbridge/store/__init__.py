@@ -332,6 +332,11 @@ class Store:
             f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created LIMIT ?",
             (*states, limit))
 
+    def held_for(self, error: str, limit: int = 10000) -> list[sqlite3.Row]:
+        """Held jobs whose last_error is exactly `error` (not cut off by other held jobs)."""
+        return self.db.query("SELECT * FROM jobs WHERE state='held' AND last_error=? "
+                             "ORDER BY created LIMIT ?", (error, limit))
+
     def list_jobs(self, *, state: str | None = None, sender: str | None = None,
                   limit: int = 100) -> list[sqlite3.Row]:
         sql, args = "SELECT * FROM jobs WHERE 1=1", []
