@@ -245,7 +245,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         events = [dict(e) for e in store.job_events(args.id)]
         docs = [{"name": d["name"], "type": d["content_type"], "size": len(d["data"])}
                 for d in store.job_documents(args.id)]
-        info = _public(job)
+        from faxbridge.outbound.submit import confirmation
+        info = {**_public(job), "confirmation": confirmation(job)}
         if args.json:
             _print_json({**info, "recipients": recips, "documents": docs, "events": events})
             return 0
@@ -258,19 +259,17 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             print(f"  document {d['name']} {d['type']} {d['size']}B")
         if job["last_error"]:
             print(f"  last error: {job['last_error']}")
+        if info["confirmation"]:
+            print(f"  at Retarus: {info['confirmation']['note']}")
         print("  timeline:")
         for e in events:
             print(f"    {_ts(e['ts'])} {e['kind']:<11} {e['detail'] or ''}")
         return 0
     if args.action == "release":
-        job = store.job(args.id)
-        if job is None or job["state"] != "held":
-            print(f"job {args.id} is not held")
-            return 1
-        store.set_job_state(args.id, "queued", event="released", detail="released by admin",
-                            next_attempt=0, expect=("held",))
-        print(f"job {args.id} released")
-        return 0
+        from faxbridge.outbound.submit import release_job
+        ok, message = release_job(store, args.id, by="admin (CLI)", force=args.force)
+        print(message)
+        return 0 if ok else 1
     rows = store.list_jobs(state=args.state, sender=args.sender, limit=args.limit)
     if args.json:
         _print_json([_public(r) for r in rows])
@@ -446,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=50)
     s.add_argument("--json", action="store_true")
     s.add_argument("--raw", action="store_true", help="show: print the mail as received")
+    s.add_argument("--force", action="store_true",
+                   help="release: even a job that may be at Retarus already")
     s.set_defaults(func=cmd_jobs)
 
     s = with_config(sub.add_parser("inbox", help="received faxes"))

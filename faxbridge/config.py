@@ -162,7 +162,8 @@ class FaxConfig(Model):
     submit_deadline_seconds: int = Field(default=3600, gt=0)
     # Jobs submitted to Fax4A at the same time (each its own HTTP request).
     submit_concurrency: int = Field(default=8, ge=1, le=64)
-    # How long to keep following a job's report before giving up.
+    # How long to keep following a job's report before giving up; sent to Retarus as
+    # meta.jobValid.end, after which a job it never listed was never taken.
     job_valid_seconds: int = Field(default=86400, gt=0)
     # Report polling: first poll after the min, then doubling up to the max.
     report_poll_min_seconds: float = Field(default=10.0, gt=0)

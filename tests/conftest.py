@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -186,3 +187,50 @@ def procs() -> Iterator[list[Proc]]:
     yield started
     for p in started:
         p.stop()
+
+
+# ---------------------------------------------------------------- port 0 processes
+# Subprocesses bind port 0 and the test reads the port they print: a port picked
+# by free_port() can be taken by anything else between the pick and the bind (and
+# again at every restart). All of these block: call them through asyncio.to_thread
+# from async tests.
+LISTENING_RE = re.compile(r"^faxbridge listening: SMTP (\S+), HTTP (http://[^\s,]+)",
+                          re.MULTILINE)
+SIMULATOR_RE = re.compile(r"^Retarus simulator on (http://\S+) ", re.MULTILINE)
+
+
+def wait_output_match(proc: Proc, pattern: re.Pattern[str],
+                      timeout: float = 30.0) -> re.Match[str]:
+    """The first complete line of `proc`'s output matching `pattern`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = proc.log.read_text(errors="replace")
+        for m in pattern.finditer(out):
+            if out.find("\n", m.end()) != -1:  # the whole line is written
+                return m
+        if proc.p.poll() is not None:
+            raise AssertionError(f"process exited early:\n{out}")
+        time.sleep(0.05)
+    raise AssertionError(f"{pattern.pattern!r} not seen:\n{proc.log.read_text(errors='replace')}")
+
+
+def start_simulator_port0(procs: list[Proc], cwd: Path, *args: str) -> str:
+    """A simulator process on a port of its own choosing; its URL."""
+    sim = Proc(["simulator", "--listen", "127.0.0.1:0", *args], cwd)
+    procs.append(sim)
+    return wait_output_match(sim, SIMULATOR_RE).group(1)
+
+
+def serve_port0_args(cfg: Path) -> list[str]:
+    """`faxbridge serve` letting the OS pick both ports (new ones at every restart)."""
+    return ["serve", "--config", str(cfg), "--smtp-listen", "127.0.0.1:0",
+            "--http-listen", "127.0.0.1:0"]
+
+
+def start_bridge_port0(procs: list[Proc], cwd: Path, cfg: Path,
+                       env: dict[str, str] | None = None) -> tuple[Proc, str, str]:
+    """`faxbridge serve --config cfg` on port 0: (process, SMTP host:port, HTTP URL)."""
+    bridge = Proc(serve_port0_args(cfg), cwd, env)
+    procs.append(bridge)
+    m = wait_output_match(bridge, LISTENING_RE)
+    return bridge, m.group(1), m.group(2)

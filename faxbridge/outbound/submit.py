@@ -12,7 +12,8 @@ import contextlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections import Counter
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     import sqlite3
 
     from faxbridge.app import Bridge
+    from faxbridge.store import Store
 
 log = logging.getLogger("faxbridge.submit")
 
@@ -33,25 +35,25 @@ class Submitter:
     def __init__(self, bridge: Bridge, idle: float = 1.0) -> None:
         self.bridge = bridge
         self.idle = idle
-        self._next_confirm = 0.0
 
     async def run(self) -> None:
         """Dispatch due jobs to up to fax.submit_concurrency concurrent submissions;
-        a job is never in flight twice (and the store's claim is guarded anyway)."""
+        a job is never in flight twice (and the store's claim is guarded anyway).
+        The confirmation pass runs beside it on its own clock."""
         await self.recover()
         store = self.bridge.store
         assert store is not None
         inflight: set[str] = set()
         tasks: set[asyncio.Task[None]] = set()
+        # Its own task, not a step of the dispatch loop: a listing of thousands of
+        # reports must not hold up submissions, and the pass must keep its period
+        # whether the dispatcher is idle, saturated or waiting on the store.
+        confirmer = asyncio.create_task(self.confirm_loop(), name="confirm")
         try:
             while True:
                 limit = self.bridge.cfg.fax.submit_concurrency - len(inflight)
                 jobs = (await self.bridge.db(store.next_jobs, limit, frozenset(inflight))
                         if limit > 0 else [])
-                if time.monotonic() >= self._next_confirm:
-                    self._next_confirm = time.monotonic() + \
-                        self.bridge.cfg.fax.report_poll_min_seconds
-                    await self.confirm_unconfirmed()
                 if not jobs:
                     self.bridge.submit_wakeup.clear()
                     await wait_event(self.bridge.submit_wakeup,
@@ -65,6 +67,9 @@ class Submitter:
                         lambda t, i=job["id"]: (inflight.discard(i), tasks.discard(t),
                                                 self.bridge.submit_wakeup.set()))
         finally:
+            confirmer.cancel()
+            with contextlib.suppress(BaseException):
+                await confirmer
             # Stop between items: submissions in flight finish (a POST is short), so a
             # graceful stop leaves no job claimed but unsent; only a hang is cut off.
             if tasks:
@@ -72,6 +77,19 @@ class Submitter:
                     await asyncio.wait(list(tasks), timeout=15)
             for task in list(tasks):
                 task.cancel()
+
+    async def confirm_loop(self) -> None:
+        """Run the confirmation pass every fax.report_poll_min_seconds for as long as
+        the submitter runs. Nothing that goes wrong in one pass (Retarus down, an
+        unreadable answer, a busy store) ends the loop: an unconfirmed job that
+        nobody looks for any more would sit held until an admin sends it twice."""
+        while True:
+            try:
+                await self.confirm_unconfirmed()
+            except Exception:  # noqa: BLE001 - the next pass tries again
+                log.exception("confirmation pass failed; trying again in %.0fs",
+                              self.bridge.cfg.fax.report_poll_min_seconds)
+            await asyncio.sleep(self.bridge.cfg.fax.report_poll_min_seconds)
 
     async def _one(self, job: sqlite3.Row) -> None:
         store = self.bridge.store
@@ -92,7 +110,7 @@ class Submitter:
         docs = await self.bridge.db(store.job_documents, job_id)
         push_secret = self.bridge.push_secret
         try:
-            body = submission_body(json.loads(job["request_json"]),
+            body = submission_body(with_validity(json.loads(job["request_json"]), job),
                                    [(d["name"], d["charset"], d["data"]) for d in docs],
                                    push_secret)
         except ValidationError as exc:
@@ -104,6 +122,12 @@ class Submitter:
         # is encoded as it is sent): claim, then POST at once (a crash in between is
         # the only window recovery cannot decide; it is kept as small as possible).
         if not await self.bridge.db(store.claim_job, job_id):
+            return
+        if time.time() >= job["valid_until"]:
+            # Retarus would refuse a job whose jobValid.end has passed (Job Expiration),
+            # and the tracker would not follow it any more: say so instead of trying.
+            await self.not_submitted(
+                job, "The job's validity ended before it could be sent to the fax service.")
             return
         try:
             retarus_id, base = await fax4a.send(body)
@@ -160,24 +184,35 @@ class Submitter:
             await self.bridge.db(store.set_job_state, job["id"], "held", event="unconfirmed",
                                  detail=f"interrupted while submitting; {UNCONFIRMED_HINT}",
                                  error=UNCONFIRMED)
-        await self.confirm_unconfirmed()
 
     async def confirm_unconfirmed(self) -> None:
-        """Look for unconfirmed jobs at Retarus (the list endpoint shows completed jobs
-        with their reference.customerDefinedId) and promote the ones found."""
+        """Look for unconfirmed jobs at Retarus and promote the ones found.
+
+        Fax4A cannot be asked for a job by customerDefinedId: the only view that
+        carries it without knowing the jobId is the list of *completed* reports
+        (GET /fax/reports, oldest 1000 per data center). A job still in progress is
+        not in it, so each unconfirmed job is looked for on every pass until Retarus
+        must have finished it: its jobValid.end (= valid_until, sent with the job)
+        plus one report_poll_max_seconds for the report to be listed. Not listed by
+        then means Retarus never had it; the job stays held, marked safe to release."""
         store, fax4a = self.bridge.store, self.bridge.fax4a
         assert store is not None and fax4a is not None
-        waiting = [j for j in await self.bridge.db(store.jobs_in, ("held",))
-                   if j["last_error"] == UNCONFIRMED and j["valid_until"] > time.time()]
+        waiting = await self.bridge.db(store.held_for, UNCONFIRMED)
         if not waiting:
             return
+        started = time.time()
         try:
             reports = await fax4a.list_all_reports()
         except FaxbridgeError as exc:
             log.warning("cannot look for %d unconfirmed job(s) at Retarus: %s", len(waiting),
                         exc)
             return
+        self.bridge.last_contact["retarus"] = time.time()
+        per_dc = Counter(base for _, base in reports)
+        # A full list may hide our report behind older ones: no conclusion from it.
+        full = sorted(base for base, n in per_dc.items() if n >= LIST_LIMIT)
         by_ref = {(r.reference or {}).get("customerDefinedId"): (r, base) for r, base in reports}
+        grace = self.bridge.cfg.fax.report_poll_max_seconds
         for job in waiting:
             found = by_ref.get(job["id"])
             if found:
@@ -189,9 +224,80 @@ class Submitter:
                     expect=("held",))
                 log.info("job=%s message_id=%s confirmed at Retarus as %s", job["id"],
                          job["message_id"], rep.jobId)
+            elif started >= job["valid_until"] + grace:
+                if full:
+                    log.warning("job=%s not in the report lists, but %s list(s) are full "
+                                "(%d reports): still looking", job["id"], ", ".join(full),
+                                LIST_LIMIT)
+                    continue
+                await self.bridge.db(
+                    store.set_job_state, job["id"], "held", event="not-found",
+                    detail=(f"Retarus does not list customerDefinedId {job['id']} although "
+                            f"the job's validity ended {_iso(job['valid_until'])}: it was "
+                            "never taken, so the fax was not sent. "
+                            "`faxbridge jobs release ID` sends it now"),
+                    error=NOT_FOUND, expect=("held",))
+                log.warning("job=%s message_id=%s never found at Retarus; held for the admin "
+                            "(safe to release)", job["id"], job["message_id"])
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def with_validity(skeleton: dict[str, Any], job: sqlite3.Row) -> dict[str, Any]:
+    """The request with meta.jobValid.end = the job's valid_until. Retarus finishes
+    (sends or expires) a job by then, so its report is listed afterwards: that is
+    what lets the confirmation pass conclude "never taken" for a job it cannot find.
+    Without it Retarus keeps a job for a month (fax4a-send-fax "meta.jobValid")."""
+    meta = dict(skeleton.get("meta") or {})
+    # customerReference is required inside meta (Go SDK, Retarus SAP swagger)
+    meta.setdefault("customerReference", job["id"])
+    meta["jobValid"] = {**(meta.get("jobValid") or {}), "end": _iso(job["valid_until"])}
+    return {**skeleton, "meta": meta}
+
+
+def confirmation(job: sqlite3.Row) -> dict[str, Any] | None:
+    """For job views: whether the confirmation pass is still looking for this job at
+    Retarus, and what that means for releasing it. None for other jobs."""
+    if job["state"] != "held" or job["last_error"] not in (UNCONFIRMED, NOT_FOUND):
+        return None
+    if job["last_error"] == UNCONFIRMED:
+        return {"looking": True, "until": _iso(job["valid_until"]),
+                "note": ("may be at Retarus already; looked for by customerDefinedId until "
+                         f"its validity ends ({_iso(job['valid_until'])}, plus a poll "
+                         "interval). Releasing it now may send the fax twice (--force)")}
+    return {"looking": False, "until": _iso(job["valid_until"]),
+            "note": "never found at Retarus: not sent; releasing it sends it"}
+
+
+def release_job(store: Store, job_id: str, *, by: str, force: bool = False) -> tuple[bool, str]:
+    """Put a held job back in the queue with a fresh validity and deadline (each as
+    long as the job had at first), so it can be sent and followed again. A job the
+    confirmation pass is still looking for is refused unless forced: Retarus may be
+    sending it, and releasing it would send the fax twice."""
+    job = store.job(job_id)
+    if job is None or job["state"] != "held":
+        return False, f"job {job_id} is not held"
+    looking = job["last_error"] == UNCONFIRMED
+    if looking and not force:
+        return False, (f"job {job_id} is an unconfirmed submission that may be at Retarus "
+                       "already; it is looked for until its validity ends "
+                       f"({_iso(job['valid_until'])}). Releasing it now may send the fax "
+                       "twice; force it only if you know Retarus does not have it")
+    now = time.time()
+    detail = f"released by {by}" + (
+        " while still unconfirmed (forced: it may be sent twice)" if looking else "")
+    if not store.release_job(job_id, detail=detail,
+                             deadline=now + (job["deadline"] - job["created"]),
+                             valid_until=now + (job["valid_until"] - job["created"])):
+        return False, f"job {job_id} is not held"
+    return True, f"job {job_id} released"
 
 
 UNCONFIRMED = "unconfirmed submission"
-UNCONFIRMED_HINT = ("Retarus may have the job; it is looked up by customerDefinedId and "
-                    "promoted when found. If it never shows up, `faxbridge jobs release ID` "
-                    "sends it again")
+NOT_FOUND = "unconfirmed submission never found at Retarus (not sent; safe to release)"
+UNCONFIRMED_HINT = ("Retarus may have the job; it is looked up by customerDefinedId until its "
+                    "validity ends and promoted when found; releasing it before then may send "
+                    "the fax twice")
+LIST_LIMIT = 1000  # GET /fax/reports lists "the oldest 1000" reports of a data center

@@ -289,6 +289,18 @@ class Store:
                 self._event(c, job_id, "report-queued", f"report mail to {', '.join(rcpts)}")
         return True
 
+    def release_job(self, job_id: str, *, detail: str, deadline: float,
+                    valid_until: float) -> bool:
+        """A held job back to queued, due now, with a new deadline and validity."""
+        with self.db.tx() as c:
+            cur = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if cur is None or cur["state"] != "held":
+                return False
+            c.execute("UPDATE jobs SET state='queued', updated=?, next_attempt=0, deadline=?, "
+                      "valid_until=? WHERE id=?", (time.time(), deadline, valid_until, job_id))
+            self._event(c, job_id, "released", detail)
+        return True
+
     def reports_to_delete(self, limit: int = 1000) -> list[sqlite3.Row]:
         return self.db.query(
             "SELECT id, retarus_job_id, datacenter FROM jobs WHERE state IN ('done','failed') "
@@ -319,6 +331,11 @@ class Store:
         return self.db.query(
             f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created LIMIT ?",
             (*states, limit))
+
+    def held_for(self, error: str, limit: int = 10000) -> list[sqlite3.Row]:
+        """Held jobs whose last_error is exactly `error` (not cut off by other held jobs)."""
+        return self.db.query("SELECT * FROM jobs WHERE state='held' AND last_error=? "
+                             "ORDER BY created LIMIT ?", (error, limit))
 
     def list_jobs(self, *, state: str | None = None, sender: str | None = None,
                   limit: int = 100) -> list[sqlite3.Row]:

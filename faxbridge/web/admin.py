@@ -68,7 +68,8 @@ def admin_routes(bridge: Bridge) -> list[Route]:
         row = await bridge.db(store().job, job_id)
         if row is None:
             return JSONResponse({"error": "not found"}, 404)
-        return JSONResponse({**_row(row),
+        from faxbridge.outbound.submit import confirmation
+        return JSONResponse({**_row(row), "confirmation": confirmation(row),
                              "recipients": [_row(r) for r in
                                             await bridge.db(store().job_recipients, job_id)],
                              "events": [_row(e) for e in
@@ -76,12 +77,13 @@ def admin_routes(bridge: Bridge) -> list[Route]:
 
     @endpoint
     async def release(request: Request) -> Response:
+        from faxbridge.outbound.submit import release_job
         job_id = request.path_params["id"]
-        ok = await bridge.db(store().set_job_state, job_id, "queued", event="released",
-                             detail="released through the admin API", next_attempt=0,
-                             expect=("held",))
+        force = request.query_params.get("force") in ("1", "true")
+        ok, message = await bridge.db(release_job, store(), job_id, by="the admin API",
+                                      force=force)
         if not ok:
-            return JSONResponse({"error": f"job {job_id} is not held"}, 409)
+            return JSONResponse({"error": message}, 409)
         bridge.wake_submitter()
         return JSONResponse({"released": job_id})
 
