@@ -106,6 +106,11 @@ class Bridge:
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         cfg = self.cfg
+        # Before anything binds: a bridge that cannot compose its report and fax mails
+        # must not accept faxes (TemplateError: one line per problem, no traceback).
+        from faxbridge.mail.compose import TemplateError
+        if problems := self.composer.check():
+            raise TemplateError(problems)
         data_dir = cfg.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(data_dir / "faxbridge.sqlite3", cfg.storage.busy_timeout_ms)
@@ -166,6 +171,10 @@ class Bridge:
         from faxbridge.smtp.server import start_smtp
         from faxbridge.web.app import build_web_app
         from faxbridge.web.server import ListenError
+        if problems := Composer(new.mail.template_dir, new.smtp.hostname).check():
+            log.error("reload refused, keeping the running config: mail templates: %s",
+                      "; ".join(problems))
+            return []
         old, changes = self.cfg, []
         smtp_restart = (new.smtp.listen, new.smtp.tls_cert, new.smtp.tls_key) != \
             (old.smtp.listen, old.smtp.tls_cert, old.smtp.tls_key)

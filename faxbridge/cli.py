@@ -1,4 +1,4 @@
-"""Command line: `faxbridge serve|check|route|log|jobs|simulator|hash-password`."""
+"""Command line: `faxbridge serve|check|example-config|route|log|jobs|simulator|hash-password`."""
 
 from __future__ import annotations
 
@@ -77,12 +77,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.config is None:
         print("no --config given: running on the embedded default (Retarus simulator, "
               "Maildir, SQLite); loopback may fax any valid number")
+    from faxbridge.mail.compose import TemplateError
     from faxbridge.web.server import ListenError
     try:
         asyncio.run(run(cfg, print_fn=lambda s: print(s, flush=True),
                         config_path=Path(args.config) if args.config else None,
                         overrides=overrides))
-    except ListenError as exc:
+    except (ListenError, TemplateError) as exc:
         print(f"faxbridge: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -96,9 +97,28 @@ def cmd_check(args: argparse.Namespace) -> int:
         for p in exc.problems:
             print(f"  {p}")
         return 1
+    if _template_problems(cfg):
+        return 1
     print("ok")
     for line in config_mod.summary(cfg):
         print("  " + line)
+    return 0
+
+
+def _template_problems(cfg: config_mod.Config) -> bool:
+    """The same template check as `serve` runs before it starts; prints what it finds."""
+    from faxbridge.mail.compose import Composer
+    problems = Composer(cfg.mail.template_dir, cfg.smtp.hostname).check()
+    if problems:
+        print(f"mail templates: {len(problems)} error(s)")
+        for p in problems:
+            print(f"  {p}")
+    return bool(problems)
+
+
+def cmd_example_config(args: argparse.Namespace) -> int:
+    from faxbridge.resources import example_config
+    sys.stdout.write(example_config())
     return 0
 
 
@@ -389,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = with_config(sub.add_parser("check", help="validate a config file"))
     s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("example-config",
+                       help="print the example config (faxbridge example-config > config.toml)")
+    s.set_defaults(func=cmd_example_config)
 
     s = sub.add_parser("simulator", help="run the Retarus simulator alone")
     s.add_argument("--listen", default="127.0.0.1:8099", metavar="HOST:PORT")
