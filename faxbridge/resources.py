@@ -4,8 +4,10 @@ example configuration.
 In the repository they sit at the top (templates/, config.example.toml), where
 admins look for them; an installed wheel carries them as package data of
 faxbridge.templates and faxbridge.examples (pyproject.toml maps those packages to
-the top-level files). A source checkout on sys.path uses its own top-level copies,
-so that a working tree runs with the templates it holds.
+the top-level files). A source checkout, on sys.path or installed editable, uses
+its own top-level copies: a working tree runs with the templates it holds, and
+setuptools' editable finder cannot import namespace packages mapped outside the
+package directory.
 """
 
 from __future__ import annotations
