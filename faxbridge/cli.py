@@ -297,9 +297,14 @@ def cmd_inbox(args: argparse.Namespace) -> int:
         topic = next((t for t in cfg.topics if t.name == row["topic"]), None)
         to = args.to or (addresses_for(topic, json.loads(row["metadata_json"])) if topic
                          else [cfg.mail.fallback_mailbox])
-        raw = compose_fax_mail(Composer(cfg.mail.template_dir, cfg.smtp.hostname),
-                               cfg.mail.from_address, row, store.inbound_files(row["id"]), to,
-                               note="Sent again at the administrator's request.")
+        from faxbridge.mail.compose import ComposeError
+        try:
+            raw = compose_fax_mail(Composer(cfg.mail.template_dir, cfg.smtp.hostname),
+                                   cfg.mail.from_address, row, store.inbound_files(row["id"]),
+                                   to, note="Sent again at the administrator's request.")
+        except ComposeError as exc:
+            print(f"fax {row['id']} not queued: {exc}", file=sys.stderr)
+            return 1
         store.queue_mail("inbound", row["id"], cfg.mail.from_address, to, raw,
                          inbound_state=(row["id"], "mailing"))
         print(f"fax {row['id']} queued again for {', '.join(to)} (the running bridge sends it)")
