@@ -1,14 +1,18 @@
-# faxbridge appliance image. Installs the package exactly as the README does.
+# faxbridge appliance image. Installs the package as a regular (non-editable) install,
+# like the wheel of the README: the code, the built-in templates and the example
+# config end up in site-packages and the sources are removed again.
 FROM python:3.11-slim
 
 RUN useradd --system --uid 10025 --home-dir /var/lib/faxbridge --create-home faxbridge
-WORKDIR /app
-COPY pyproject.toml README.md config.example.toml ./
-COPY faxbridge ./faxbridge
-COPY templates ./templates
-RUN pip install --no-cache-dir -e /app
+COPY pyproject.toml README.md config.example.toml /tmp/faxbridge-src/
+COPY faxbridge /tmp/faxbridge-src/faxbridge
+COPY templates /tmp/faxbridge-src/templates
+RUN pip install --no-cache-dir /tmp/faxbridge-src && rm -rf /tmp/faxbridge-src \
+    && faxbridge check
+# `faxbridge example-config` prints the example to start a config from.
 
 USER faxbridge
+WORKDIR /var/lib/faxbridge
 VOLUME ["/var/lib/faxbridge"]
 # 2525: SMTP listener; 8025: HTTP (health, metrics, status push webhook)
 EXPOSE 2525 8025

@@ -124,6 +124,11 @@ class Bridge:
         # simulator inside each job, like the real credentials would.
         self.push_secret = cfg.retarus.push_password.resolve() or (
             secrets.token_urlsafe(18) if cfg.retarus.mode == "simulator" else None)
+        # Before anything binds: a bridge that cannot compose its report and fax mails
+        # must not accept faxes (TemplateError: one line per problem, no traceback).
+        from faxbridge.mail.compose import TemplateError
+        if problems := self.composer.check():
+            raise TemplateError(problems)
         data_dir = cfg.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(data_dir / "faxbridge.sqlite3", cfg.storage.busy_timeout_ms)
@@ -189,6 +194,10 @@ class Bridge:
         from faxbridge.smtp.server import start_smtp
         from faxbridge.web.app import build_web_app
         from faxbridge.web.server import ListenError
+        if problems := Composer(new.mail.template_dir, new.smtp.hostname).check():
+            log.error("reload refused, keeping the running config: mail templates: %s",
+                      "; ".join(problems))
+            return []
         old, changes = self.cfg, []
         pre = preflight(new)
         if pre.errors:

@@ -1,4 +1,4 @@
-"""Command line: `faxbridge serve|check|route|log|jobs|simulator|hash-password`."""
+"""Command line: `faxbridge serve|check|example-config|route|log|jobs|simulator|hash-password`."""
 
 from __future__ import annotations
 
@@ -77,12 +77,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.config is None:
         print("no --config given: running on the embedded default (Retarus simulator, "
               "Maildir, SQLite); loopback may fax any valid number")
+    from faxbridge.mail.compose import TemplateError
     from faxbridge.web.server import ListenError
     try:
         asyncio.run(run(cfg, print_fn=lambda s: print(s, flush=True),
                         config_path=Path(args.config) if args.config else None,
                         overrides=overrides))
-    except ListenError as exc:
+    except (ListenError, TemplateError) as exc:
         print(f"faxbridge: {exc}", file=sys.stderr)
         return 1
     except ConfigError as exc:
@@ -109,14 +110,33 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{args.config or 'embedded default'}: {len(pre.errors)} error(s)")
         for p in pre.errors:
             print(f"  {p}")
-    else:
-        print("ok")
+    bad_templates = _template_problems(cfg)
+    if pre.errors or bad_templates:
+        for w in pre.warnings:
+            print(f"  warning: {w}")
+        return 1
+    print("ok")
     for w in pre.warnings:
         print(f"  warning: {w}")
-    if pre.errors:
-        return 1
     for line in config_mod.summary(cfg):
         print("  " + line)
+    return 0
+
+
+def _template_problems(cfg: config_mod.Config) -> bool:
+    """The same template check as `serve` runs before it starts; prints what it finds."""
+    from faxbridge.mail.compose import Composer
+    problems = Composer(cfg.mail.template_dir, cfg.smtp.hostname).check()
+    if problems:
+        print(f"mail templates: {len(problems)} error(s)")
+        for p in problems:
+            print(f"  {p}")
+    return bool(problems)
+
+
+def cmd_example_config(args: argparse.Namespace) -> int:
+    from faxbridge.resources import example_config
+    sys.stdout.write(example_config())
     return 0
 
 
@@ -294,9 +314,14 @@ def cmd_inbox(args: argparse.Namespace) -> int:
         topic = next((t for t in cfg.topics if t.name == row["topic"]), None)
         to = args.to or (addresses_for(topic, json.loads(row["metadata_json"])) if topic
                          else [cfg.mail.fallback_mailbox])
-        raw = compose_fax_mail(Composer(cfg.mail.template_dir, cfg.smtp.hostname),
-                               cfg.mail.from_address, row, store.inbound_files(row["id"]), to,
-                               note="Sent again at the administrator's request.")
+        from faxbridge.mail.compose import ComposeError
+        try:
+            raw = compose_fax_mail(Composer(cfg.mail.template_dir, cfg.smtp.hostname),
+                                   cfg.mail.from_address, row, store.inbound_files(row["id"]),
+                                   to, note="Sent again at the administrator's request.")
+        except ComposeError as exc:
+            print(f"fax {row['id']} not queued: {exc}", file=sys.stderr)
+            return 1
         store.queue_mail("inbound", row["id"], cfg.mail.from_address, to, raw,
                          inbound_state=(row["id"], "mailing"))
         print(f"fax {row['id']} queued again for {', '.join(to)} (the running bridge sends it)")
@@ -406,6 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = with_config(sub.add_parser("check", help="validate a config file"))
     s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("example-config",
+                       help="print the example config (faxbridge example-config > config.toml)")
+    s.set_defaults(func=cmd_example_config)
 
     s = sub.add_parser("simulator", help="run the Retarus simulator alone")
     s.add_argument("--listen", default="127.0.0.1:8099", metavar="HOST:PORT")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import phonenumbers
 
 from faxbridge.aio import wait_event
+from faxbridge.mail.compose import ComposeError
 
 if TYPE_CHECKING:
     import sqlite3
@@ -115,6 +116,11 @@ class Deliverer:
             for row in await self.bridge.db(store.inbound_in, ("stored",)):
                 try:
                     await self.queue(row)
+                except ComposeError as exc:
+                    log.error("inbound %s: could not compose its mail: %s; holding it",
+                              row["id"], exc)
+                    await self.bridge.db(store.set_inbound_state, row["id"], "held",
+                                         error=f"could not compose its mail: {exc}")
                 except Exception:  # noqa: BLE001 - never stop on one fax
                     log.exception("inbound %s: could not queue its mail", row["id"])
                     await self.bridge.db(store.set_inbound_state, row["id"], "held",
@@ -132,8 +138,13 @@ class Deliverer:
             if topic is None:
                 note = f"topic {row['topic']} is no longer configured"
         files = await self.bridge.db(store.inbound_files, row["id"])
-        raw = compose_fax_mail(self.bridge.composer, self.bridge.cfg.mail.from_address, row,
-                               files, to, note)
+        try:
+            raw = compose_fax_mail(self.bridge.composer, self.bridge.cfg.mail.from_address,
+                                   row, files, to, note)
+        except ComposeError as exc:
+            self.bridge.metrics.compose_failed("inbound", str(exc))
+            raise
+        self.bridge.metrics.mail_ok("compose", "inbound")
         await self.bridge.db(store.queue_mail, "inbound", row["id"],
                              self.bridge.cfg.mail.from_address, to, raw,
                              inbound_state=(row["id"], "mailing"))

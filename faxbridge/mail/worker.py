@@ -51,7 +51,7 @@ class Mailer:
             refused = await self.bridge.transport.send(row["mail_from"], rcpts, row["raw"],
                                                        key=str(row["id"]))
         except Transient as exc:
-            self.bridge.metrics.mail_failures.labels(row["kind"], "deferred").inc()
+            self.bridge.metrics.mail_deferred(row["kind"], str(exc))
             age = time.time() - row["created"]
             if age > mail_cfg.give_up_after_seconds:
                 await self.bridge.db(store.finish_mail, row["id"], "failed",
@@ -73,6 +73,7 @@ class Mailer:
             await self._on_failed(row, str(exc))
             return
         self.bridge.last_contact["relay"] = time.time()
+        self.bridge.metrics.mail_ok("deliver", row["kind"])
         await self.bridge.db(store.finish_mail, row["id"], "sent",
                              error=("partly refused: " + "; ".join(refused)) if refused else None)
         if row["kind"] == "report" and row["ref"]:

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from faxbridge.errors import AuthError, NotFound, Transient
+from faxbridge.mail.compose import ComposeError
 from faxbridge.outbound.report import build_report, event_for, wanted
 from faxbridge.retarus.models import FaxReport
 
@@ -62,9 +63,14 @@ async def finish(bridge: Bridge, job: sqlite3.Row, *, results: list[dict[str, An
         if job["attach_documents"]:
             docs = [(d["name"], d["content_type"], d["data"])
                     for d in await bridge.db(store.job_documents, job["id"])]
-        raw = build_report(bridge.composer, job, results, event,
-                           mail_from=bridge.cfg.mail.from_address, pages=pages, error=error,
-                           documents=docs)
+        try:
+            raw = build_report(bridge.composer, job, results, event,
+                               mail_from=bridge.cfg.mail.from_address, pages=pages,
+                               error=error, documents=docs)
+        except ComposeError as exc:
+            bridge.metrics.compose_failed("report", str(exc))
+            raise
+        bridge.metrics.mail_ok("compose", "report")
         mail = (bridge.cfg.mail.from_address, [job["sender"]], raw)
     state = "done" if event in ("delivered", "partial") else "failed"
     summary = ", ".join(f"{r['number']} {r['status'] or '-'}" for r in results)
@@ -101,6 +107,11 @@ class Tracker:
             for job in due:
                 try:
                     await self.poll(job)
+                except ComposeError as exc:  # nothing recorded: the next poll tries again
+                    log.error("job=%s final report not recorded: %s", job["id"], exc)
+                    await self.bridge.db(store.schedule_poll, job["id"],
+                                         time.time() + self._interval(job),
+                                         f"final, but {exc}", str(exc))
                 except Exception:  # noqa: BLE001 - one job never stops the tracker
                     log.exception("job=%s tracking error", job["id"])
                     await self.bridge.db(store.schedule_poll, job["id"],

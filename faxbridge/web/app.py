@@ -26,16 +26,19 @@ def build_web_app(bridge: Bridge) -> Starlette:
 
     async def readyz(request: Request) -> Response:
         checks: dict[str, object] = {}
-        ok = True
+        reasons: list[str] = []  # why not ready, one line each
         try:
             assert bridge.store is not None
             await bridge.db(bridge.store.writable)
             checks["store"] = "ok (writable)"
         except Exception as exc:  # noqa: BLE001
             checks["store"] = f"error: {exc}"
-            ok = False
+            reasons.append(f"store: {exc}")
         checks["smtp"] = bridge.smtp_address or "not listening"
-        ok = ok and bridge.smtp_address is not None and bridge.accepting
+        if bridge.smtp_address is None:
+            reasons.append("smtp: not listening")
+        elif not bridge.accepting:
+            reasons.append("smtp: shutting down")
         checks["last_contact"] = dict(bridge.last_contact)
         topics = {}
         for name, st in bridge.topic_states.items():
@@ -43,9 +46,18 @@ def build_web_app(bridge: Bridge) -> Starlette:
                             "last_success": st.last_success, "last_error": st.last_error,
                             "received": st.received}
             # A topic whose credentials are refused makes the bridge not ready: loudly.
-            ok = ok and st.status != "auth-refused"
+            if st.status == "auth-refused":
+                reasons.append(f"topic {name}: credentials refused: {st.last_error}")
         checks["topics"] = topics
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+        # Reports and received faxes that keep failing to be composed or delivered:
+        # the bridge still accepts mail, but its users hear nothing back.
+        mail, mail_reasons = bridge.metrics.mail_problems()
+        checks["mail"] = mail or "ok"
+        reasons += mail_reasons
+        body: dict[str, object] = {"ready": not reasons, "checks": checks}
+        if reasons:
+            body["reasons"] = reasons
+        return JSONResponse(body, status_code=503 if reasons else 200)
 
     async def push(request: Request) -> Response:
         """Retarus status push (docs/retarus-wire.md §4): JSON, Basic auth. Answers 2xx only after
@@ -73,8 +85,15 @@ def build_web_app(bridge: Bridge) -> Starlette:
         await bridge.db(store.add_event, job["id"], "push", f"status push: {statuses}")
         if not report.final:
             return JSONResponse({"status": "not final, noted"})
+        from faxbridge.mail.compose import ComposeError
         from faxbridge.outbound.track import apply_report
-        changed = await apply_report(bridge, job, report, "push")
+        try:
+            changed = await apply_report(bridge, job, report, "push")
+        except ComposeError as exc:
+            # Nothing was committed; Retarus pushes again, the report poll retries too.
+            log.error("job=%s status push not recorded: %s", job["id"], exc)
+            return JSONResponse({"error": f"report mail could not be composed: {exc}"},
+                                status_code=503)
         return JSONResponse({"status": "recorded" if changed else "already final"})
 
     async def metrics(request: Request) -> Response:

@@ -34,6 +34,14 @@ def reply_reason(reply: str) -> str:
     return f"smtp_{m.group(1)}"
 
 
+# How long composing or delivering a kind of mail may keep failing before /readyz
+# says not ready: long enough for a relay restart, short enough to page before
+# a queue of reports and received faxes builds up.
+MAIL_GRACE_SECONDS = 60.0
+
+WHAT = {"report": "status report mails", "inbound": "received-fax mails"}
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -52,6 +60,13 @@ class Metrics:
         self.mail_failures = Counter("faxbridge_mail_transport_failures",
                                      "Outgoing mails deferred or refused", ["kind", "outcome"],
                                      registry=r)
+        self.compose_failures = Counter(
+            "faxbridge_mail_compose_failures",
+            "Mails that could not be composed from their templates", ["kind"], registry=r)
+        # (stage, kind) → (first failure with no success since, last error): what
+        # /readyz reports; stage is "compose" or "deliver", kind "report" or "inbound".
+        self.mail_failing: dict[tuple[str, str], tuple[float, str]] = {}
+        self.mail_grace_seconds = MAIL_GRACE_SECONDS
         self.jobs = Gauge("faxbridge_jobs", "Outbound jobs by state", ["state"], registry=r)
         self.queue_depth = Gauge("faxbridge_queue_depth", "Items waiting", ["queue"], registry=r)
         self.queue_age = Gauge("faxbridge_queue_oldest_age_seconds", "Age of the oldest item",
@@ -62,6 +77,37 @@ class Metrics:
     def smtp_reply(self, reply: str, ok: bool) -> None:
         self.mails.labels("accepted" if ok else "rejected",
                           "250" if ok else reply_reason(reply)).inc()
+
+    def compose_failed(self, kind: str, error: str) -> None:
+        self.compose_failures.labels(kind).inc()
+        self._failing("compose", kind, error)
+
+    def mail_deferred(self, kind: str, error: str) -> None:
+        """A mail the relay or the Maildir could not take now; it is retried."""
+        self.mail_failures.labels(kind, "deferred").inc()
+        self._failing("deliver", kind, error)
+
+    def mail_ok(self, stage: str, kind: str) -> None:
+        self.mail_failing.pop((stage, kind), None)
+
+    def _failing(self, stage: str, kind: str, error: str) -> None:
+        since = self.mail_failing.get((stage, kind), (time.time(), ""))[0]
+        self.mail_failing[(stage, kind)] = (since, error)
+
+    def mail_problems(self, now: float | None = None) -> tuple[dict[str, str], list[str]]:
+        """Every failing (stage, kind) described; and the reasons for not being ready:
+        those failing for longer than mail_grace_seconds. A refused mail (5xx) is not
+        among them: it is finished, reported, and says nothing about the next one."""
+        now = time.time() if now is None else now
+        status, reasons = {}, []
+        for (stage, kind), (since, error) in sorted(self.mail_failing.items()):
+            what = WHAT.get(kind, f"{kind} mails")
+            verb = "composed" if stage == "compose" else "delivered"
+            text = f"{what} could not be {verb} for {now - since:.0f} s: {error}"
+            status[f"{kind} {stage}"] = text
+            if now - since >= self.mail_grace_seconds:
+                reasons.append(text)
+        return status, reasons
 
     def render(self, store: Store, topic_states: dict) -> bytes:
         """Refresh the gauges that are read from the store, then expose everything."""
