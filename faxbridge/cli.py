@@ -14,8 +14,6 @@ from typing import Any
 from faxbridge import config as config_mod
 from faxbridge.errors import ConfigError
 
-DEFAULT_DATA_DIR = Path("faxbridge-data")
-
 
 def _load(path: str | None) -> config_mod.Config:
     if path is None:

@@ -10,9 +10,8 @@ a missing or broken one before the bridge starts, not at the first report.
 from __future__ import annotations
 
 import logging
-import time
 from email.message import EmailMessage
-from email.utils import format_datetime, formatdate, make_msgid
+from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -166,13 +165,3 @@ class Composer:
                                filename=name)
         return msg
 
-
-def fmt_time(ts: float | None) -> str:
-    if not ts:
-        return "unknown"
-    import datetime as dt
-    return format_datetime(dt.datetime.fromtimestamp(ts).astimezone())
-
-
-def now() -> float:
-    return time.time()
