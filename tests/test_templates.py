@@ -77,7 +77,9 @@ async def test_start_refuses_before_binding_anything(tmp_path, broken_override):
 def test_serve_and_check_name_the_broken_template_without_a_traceback(tmp_path,
                                                                       broken_override):
     cfg = tmp_path / "config.toml"
-    cfg.write_text(f'[mail]\ntemplate_dir = "{broken_override}"\n')
+    # a sender rule, so that the zero-senders warning does not join the one line
+    cfg.write_text(f'[mail]\ntemplate_dir = "{broken_override}"\n'
+                   '[[senders]]\nname = "all"\nmatch = ["*"]\n')
     out = cli("serve", "--config", str(cfg), "--data-dir", str(tmp_path / "d"),
               "--smtp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
               "--simulator-listen", "127.0.0.1:0", cwd=tmp_path)
