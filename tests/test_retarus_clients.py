@@ -232,7 +232,7 @@ def unlocked(fax) -> bool:  # noqa: ANN001 - the simulator's SimFax
 
 
 async def test_pull_lock_reoffer_and_ack_via_next(sim):
-    _, url = sim
+    state, url = sim
     a = await inject(url)
     b = await inject(url)
     pull = PullClient(f"{url}/faxin/rest/v1", "99999TE", "simulator")
@@ -244,11 +244,13 @@ async def test_pull_lock_reoffer_and_ack_via_next(sim):
         assert [f.id for f in second.results] == [b]
         # the next URL of the first response acks `a` and fetches what is unlocked
         third = await pull.follow(first.meta.next)
-        assert third.results == []
-        # let b's lock run out (timeout=0 lock): b comes back, a never does
-        await pull.poll("demo", fetch=0)
+        assert third.results == []  # b is still locked (60 s)
+        assert [(f.fax_id, f.acked) for f in state.faxes["demo"]] == [(a, True), (b, False)]
+        # the locks run out (the test's Retarus lets them): b comes back, a never does
+        for fax in state.faxes["demo"]:
+            fax.locked_until = 0.0
         again = await pull.poll("demo", fetch=10)
-        assert again.results == []  # b is still locked for 60 s
+        assert [f.id for f in again.results] == [b]
     finally:
         await pull.aclose()
 
