@@ -136,12 +136,18 @@ async def test_one_data_center_down_jobs_go_through_the_other(make_bridge):
         await c.post(f"{bridge.sim_url}/_sim/config", json={"ha_route": {"ha-de": "de2"}})
         await c.post(f"{bridge.sim_url}/_sim/faults",
                      json={"dc": "de1", "endpoint": "any", "status": 503, "count": 10_000})
+        # no status pushes from de2: on a loaded machine a push could finish a job before
+        # its first poll, and this test is about tracking by polling
+        await c.post(f"{bridge.sim_url}/_sim/faults",
+                     json={"dc": "de2", "endpoint": "push", "drop": True, "count": 10_000})
     ids = [(await send(bridge.smtp_address, _fax(n))).job_id for n in range(3)]
     for job_id in ids:
         await wait_for(lambda j=job_id: bridge.store.job(j)["state"] == "done")
     for job_id in ids:
         polls = [e["detail"] for e in bridge.store.job_events(job_id) if e["kind"] == "poll"]
         assert polls and all("/de2/" in d for d in polls), polls
+        done = [e["detail"] for e in bridge.store.job_events(job_id) if e["kind"] == "done"]
+        assert len(done) == 1 and "(poll)" in done[0], done
     # the final reports are deleted at de2 although de1 fails every call
     await wait_for(lambda: all(bridge.store.job(j)["report_deleted"] for j in ids))
     assert not bridge.sim_state.reports["de2"]
