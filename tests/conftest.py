@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,28 @@ from faxbridge.web.server import HttpServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
-SHARED = ROOT.parent / "shared" / "reference" / "retarus"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> Any:
+    """pytest-timeout (method "signal") fails a hung test from SIGALRM; in an async test
+    its traceback only shows the event loop's select(). Print where every asyncio task
+    waits first, so a hang names the await that never returned."""
+    result = yield
+    fail = signal.getsignal(signal.SIGALRM)
+    if callable(fail):
+        def dump_tasks_then_fail(signum: int, frame: Any) -> None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                print("\n---- asyncio tasks at the timeout ----", file=sys.stderr)
+                for task in asyncio.all_tasks(loop):
+                    task.print_stack(file=sys.stderr)
+            fail(signum, frame)
+        signal.signal(signal.SIGALRM, dump_tasks_then_fail)
+    return result
 
 
 @pytest.fixture
@@ -89,13 +113,19 @@ def loopback_rule(**kw: Any) -> SenderRule:
     return SenderRule(name=kw.pop("name", "loopback"), match=("net:127.0.0.0/8",), **kw)
 
 
-def free_port() -> int:
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test: bound but not
+    listening, so no other process can take it meanwhile (unlike a port that was free
+    once)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
 
 
-async def wait_for(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+async def wait_for(pred: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
+    """Poll `pred` (sync or async) until it returns something truthy, and return that.
+    The deadline is only an upper bound: generous, so a loaded machine does not fail it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = pred()
@@ -104,7 +134,20 @@ async def wait_for(pred: Callable[[], Any], timeout: float = 10.0, interval: flo
         if value:
             return value
         await asyncio.sleep(interval)
-    raise AssertionError("condition not met in time")
+    raise AssertionError(f"condition not met in {timeout} s")
+
+
+def run_faxbridge(*args: str, text: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m faxbridge ARGS`, output captured."""
+    return subprocess.run([sys.executable, "-m", "faxbridge", *args], capture_output=True,
+                          text=text, timeout=timeout)
+
+
+async def arun_faxbridge(*args: str, text: bool = True,
+                         timeout: float = 120) -> subprocess.CompletedProcess:
+    """run_faxbridge from an async test: in a thread, so the bridge running in the
+    test's event loop keeps serving meanwhile."""
+    return await asyncio.to_thread(run_faxbridge, *args, text=text, timeout=timeout)
 
 
 async def sim_jobs(url: str) -> list[dict[str, Any]]:
@@ -112,50 +155,119 @@ async def sim_jobs(url: str) -> list[dict[str, Any]]:
         return (await c.get(f"{url}/_sim/jobs")).json()
 
 
+@dataclass(frozen=True)
+class Listening:
+    """What `faxbridge serve` printed it listens on (the ports it really got)."""
+
+    smtp: str  # host:port
+    http: str  # URL
+    simulator: str | None  # URL of the embedded simulator, if any
+
+
+# the whole line, up to its newline: a line still arriving must not yield a cut-off port
+LISTENING_RE = re.compile(r"faxbridge listening: SMTP (\S+), HTTP (\S+?)(?:, simulator (\S+))?\r?\n")
+
+
 class Proc:
-    """A faxbridge subprocess (for kill -9 tests)."""
+    """A faxbridge subprocess (for kill -9 tests). Its output goes to `log`; a reader
+    thread collects it, so waiting for a line wakes up when the line arrives."""
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
         self.log = cwd / f"proc-{time.monotonic_ns()}.log"
         self.fh = self.log.open("wb")
         self.p = subprocess.Popen([sys.executable, "-m", "faxbridge", *args], cwd=cwd,
-                                  stdout=self.fh, stderr=subprocess.STDOUT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   env={**os.environ, **(env or {})})
+        self._out = bytearray()
+        self._eof = False
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def wait_output(self, text: str, timeout: float = 20.0) -> str:
+    def _read(self) -> None:
+        assert self.p.stdout is not None
+        fd = self.p.stdout.fileno()
+        while chunk := os.read(fd, 65536):
+            self.fh.write(chunk)
+            self.fh.flush()  # the log is complete before a waiter is woken
+            with self._changed:
+                self._out += chunk
+                self._changed.notify_all()
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return self._out.decode(errors="replace")
+
+    def wait_match(self, pattern: re.Pattern[str], timeout: float = 60.0,
+                   count: int = 1) -> list[re.Match[str]]:
+        """Block until `pattern` matched the output `count` times; the matches.
+        Blocks: from an async test use the async twins below."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            out = self.log.read_text(errors="replace")
-            if text in out:
-                return out
-            if self.p.poll() is not None:
-                raise AssertionError(f"process exited early:\n{out}")
-            time.sleep(0.05)
-        raise AssertionError(f"{text!r} not seen:\n{self.log.read_text(errors='replace')}")
+        with self._changed:
+            while True:
+                out = self._out.decode(errors="replace")
+                found = list(pattern.finditer(out))
+                if len(found) >= count:
+                    return found
+                if self._eof:
+                    raise AssertionError(f"process exited before printing "
+                                         f"{pattern.pattern!r}:\n{out}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{pattern.pattern!r} not seen in {timeout} s:\n{out}")
+                self._changed.wait(left)
+
+    def wait_output(self, text: str, timeout: float = 60.0, count: int = 1) -> str:
+        """Block until `text` has been printed `count` times; the output so far."""
+        self.wait_match(re.compile(re.escape(text)), timeout, count)
+        return self.output
+
+    async def output_seen(self, text: str, timeout: float = 60.0, count: int = 1) -> str:
+        return await asyncio.to_thread(self.wait_output, text, timeout, count)
+
+    def wait_listening(self, timeout: float = 60.0) -> Listening:
+        """Block until the bridge printed its whole listening line; the addresses in it."""
+        m = self.wait_match(LISTENING_RE, timeout)[0]
+        return Listening(m.group(1), m.group(2), m.group(3))
+
+    async def listening(self, timeout: float = 60.0) -> Listening:
+        return await asyncio.to_thread(self.wait_listening, timeout)
+
+    def _reap(self) -> None:
+        self.p.wait()
+        self._reader.join(30)  # EOF comes when the process is gone
+        if self.p.stdout is not None:
+            self.p.stdout.close()
+        self.fh.close()
 
     def kill9(self) -> None:
         self.p.kill()
-        self.p.wait()
-        self.fh.close()
+        self._reap()
 
     def stop(self) -> None:
         if self.p.poll() is None:
             self.p.terminate()
             try:
-                self.p.wait(10)
+                self.p.wait(30)
             except subprocess.TimeoutExpired:
                 self.p.kill()
-                self.p.wait()
-        self.fh.close()
+        if not self.fh.closed:
+            self._reap()
+
+
+SIMULATOR_RE = re.compile(r"Retarus simulator on (http://\S+) ")
 
 
 def start_simulator(procs: list[Proc], cwd: Path, *args: str) -> str:
-    """A simulator in its own process (it survives the bridge's kill -9); its URL."""
-    port = free_port()
-    sim = Proc(["simulator", "--listen", f"127.0.0.1:{port}", *args], cwd)
+    """A simulator in its own process (it survives the bridge's kill -9), on a port of
+    its own choosing; its URL as it printed it."""
+    sim = Proc(["simulator", "--listen", "127.0.0.1:0", *args], cwd)
     procs.append(sim)
-    sim.wait_output("Retarus simulator on")
-    return f"http://127.0.0.1:{port}"
+    return sim.wait_match(SIMULATOR_RE)[0].group(1)
 
 
 def retarus_toml(url: str) -> str:
@@ -167,10 +279,11 @@ def retarus_toml(url: str) -> str:
 ALL_SENDERS_TOML = '[[senders]]\nname = "all"\nmatch = ["*"]\n'
 
 
-def serve_args(cfg: Path, smtp_port: int, http_port: int) -> list[str]:
-    """`faxbridge serve` on fixed ports (kept across restarts of a kill test)."""
-    return ["serve", "--config", str(cfg), "--smtp-listen", f"127.0.0.1:{smtp_port}",
-            "--http-listen", f"127.0.0.1:{http_port}"]
+def serve_args(cfg: Path) -> list[str]:
+    """`faxbridge serve --config cfg` on port 0 (new ports at every restart): the ports
+    it got are in its listening line (Proc.listening)."""
+    return ["serve", "--config", str(cfg), "--smtp-listen", "127.0.0.1:0",
+            "--http-listen", "127.0.0.1:0"]
 
 
 def demo_topic_toml(url: str, poll_interval: float) -> str:
@@ -187,50 +300,3 @@ def procs() -> Iterator[list[Proc]]:
     yield started
     for p in started:
         p.stop()
-
-
-# ---------------------------------------------------------------- port 0 processes
-# Subprocesses bind port 0 and the test reads the port they print: a port picked
-# by free_port() can be taken by anything else between the pick and the bind (and
-# again at every restart). All of these block: call them through asyncio.to_thread
-# from async tests.
-LISTENING_RE = re.compile(r"^faxbridge listening: SMTP (\S+), HTTP (http://[^\s,]+)",
-                          re.MULTILINE)
-SIMULATOR_RE = re.compile(r"^Retarus simulator on (http://\S+) ", re.MULTILINE)
-
-
-def wait_output_match(proc: Proc, pattern: re.Pattern[str],
-                      timeout: float = 30.0) -> re.Match[str]:
-    """The first complete line of `proc`'s output matching `pattern`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = proc.log.read_text(errors="replace")
-        for m in pattern.finditer(out):
-            if out.find("\n", m.end()) != -1:  # the whole line is written
-                return m
-        if proc.p.poll() is not None:
-            raise AssertionError(f"process exited early:\n{out}")
-        time.sleep(0.05)
-    raise AssertionError(f"{pattern.pattern!r} not seen:\n{proc.log.read_text(errors='replace')}")
-
-
-def start_simulator_port0(procs: list[Proc], cwd: Path, *args: str) -> str:
-    """A simulator process on a port of its own choosing; its URL."""
-    sim = Proc(["simulator", "--listen", "127.0.0.1:0", *args], cwd)
-    procs.append(sim)
-    return wait_output_match(sim, SIMULATOR_RE).group(1)
-
-
-def serve_port0_args(cfg: Path) -> list[str]:
-    """`faxbridge serve` letting the OS pick both ports (new ones at every restart)."""
-    return ["serve", "--config", str(cfg), "--smtp-listen", "127.0.0.1:0",
-            "--http-listen", "127.0.0.1:0"]
-
-
-def start_bridge_port0(procs: list[Proc], cwd: Path, cfg: Path,
-                       env: dict[str, str] | None = None) -> tuple[Proc, str, str]:
-    """`faxbridge serve --config cfg` on port 0: (process, SMTP host:port, HTTP URL)."""
-    bridge = Proc(serve_port0_args(cfg), cwd, env)
-    procs.append(bridge)
-    m = wait_output_match(bridge, LISTENING_RE)
-    return bridge, m.group(1), m.group(2)

@@ -11,7 +11,7 @@ import re
 import smtplib
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
@@ -93,7 +93,9 @@ def stream(address: str, counter: itertools.count, accepted: list[str],
     host, port = address.split(":")
     while not stop.is_set():
         try:
-            with smtplib.SMTP(host, int(port), timeout=5) as s:
+            # generous: on a loaded machine a live bridge may be slow; a killed one
+            # resets the connection at once
+            with smtplib.SMTP(host, int(port), timeout=30) as s:
                 s.ehlo()
                 s.mail("alice@example.com")
                 s.rcpt("+4989123456@fax.local")
@@ -102,6 +104,23 @@ def stream(address: str, counter: itertools.count, accepted: list[str],
             return
         if code == 250:
             accepted.append(msg.decode().split("Queued as ")[1].split(":")[0])
+
+
+@contextlib.asynccontextmanager
+async def astreaming(address: str, counter: itertools.count, accepted: list[str],
+                     connections: int = 3) -> AsyncIterator[None]:
+    """`streaming` for async tests: the threads are joined without blocking the loop."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=stream, args=(address, counter, accepted, stop))
+               for _ in range(connections)]
+    for th in threads:
+        th.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for th in threads:
+            await asyncio.to_thread(th.join)
 
 
 @contextlib.contextmanager

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import email
 import email.policy
 import json
 import mailbox
-import subprocess
-import sys
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,9 +20,9 @@ from faxbridge.simulator.pdf import tiny_pdf
 from faxbridge.store import Store
 from tests.conftest import (
     Proc,
+    arun_faxbridge,
     bridge_config,
     demo_topic_toml,
-    free_port,
     retarus_toml,
     start_simulator,
     wait_for,
@@ -87,10 +86,21 @@ def fax_ids(msgs: list[EmailMessage]) -> list[str]:
     return out
 
 
-async def settle(pred, timeout: float = 20.0):
-    value = await wait_for(pred, timeout=timeout)
-    await asyncio.sleep(0.8)  # a duplicate would arrive by now
-    return value
+async def settle(pred: Callable[[], Any], store: Store, sim_url: str) -> Any:
+    """Wait for `pred`, then until nothing more can be mailed: every fax the simulator
+    has is acked (it is never offered again), every stored fax is delivered and no mail
+    waits to be sent. A duplicate would have been mailed by then, so what the
+    mailboxes hold is final. Returns `pred()` evaluated then."""
+    await wait_for(pred, timeout=60)
+
+    async def quiet() -> bool:
+        async with httpx.AsyncClient() as c:
+            faxes = (await c.get(f"{sim_url}/_sim/inbound")).json()
+        return (all(f["acked"] for f in faxes)
+                and all(r["state"] == "delivered" for r in store.list_inbound(10_000))
+                and all(m["state"] != "queued" for m in store.list_mail(10_000)))
+    await wait_for(quiet, timeout=60)
+    return pred()
 
 
 async def test_one_fax_mailed_with_identical_pdf(sim, make_bridge, tmp_path):
@@ -99,8 +109,7 @@ async def test_one_fax_mailed_with_identical_pdf(sim, make_bridge, tmp_path):
     bridge = await make_bridge(**wired(tmp_path, url, [topic("demo", url,
                                                              ["fax-inbox@localhost"])]))
     data_dir = bridge.cfg.storage.data_dir
-    await settle(lambda: inbox(data_dir, "fax-inbox@localhost"))
-    msgs = inbox(data_dir, "fax-inbox@localhost")
+    msgs = await settle(lambda: inbox(data_dir, "fax-inbox@localhost"), bridge.store, url)
     assert len(msgs) == 1
     m = msgs[0]
     assert m["Subject"] == "Fax from +49 89 123456 (3 pages)"
@@ -123,7 +132,7 @@ async def test_batch_larger_than_fetch_size(sim, make_bridge, tmp_path):
     bridge = await make_bridge(**wired(tmp_path, url, [topic(
         "demo", url, ["fax-inbox@localhost"], batch_size=5)]))
     data_dir = bridge.cfg.storage.data_dir
-    await settle(lambda: len(inbox(data_dir, "fax-inbox@localhost")) >= 23)
+    await settle(lambda: len(inbox(data_dir, "fax-inbox@localhost")) >= 23, bridge.store, url)
     got = fax_ids(inbox(data_dir, "fax-inbox@localhost"))
     assert sorted(got) == sorted(ids)
     assert all(f.acked for f in state.faxes["demo"])
@@ -140,7 +149,7 @@ async def test_two_topics_and_called_number_mailboxes(sim, make_bridge, tmp_path
               numbers=[{"number": "+4930555", "addresses": ["boss@example.com"]}])]))
     d = bridge.cfg.storage.data_dir
     await settle(lambda: inbox(d, "sales@example.com") and inbox(d, "support@example.com")
-                 and inbox(d, "boss@example.com"))
+                 and inbox(d, "boss@example.com"), bridge.store, url)
     assert fax_ids(inbox(d, "sales@example.com")) == [a]
     assert fax_ids(inbox(d, "support@example.com")) == [b]
     assert fax_ids(inbox(d, "boss@example.com")) == [c]
@@ -150,7 +159,9 @@ async def test_multi_document_fax_and_missing_metadata(sim, make_bridge, tmp_pat
     _, url = sim
     await inject(url, docs=[PDF_A, PDF_B], metadata={})
     bridge = await make_bridge(**wired(tmp_path, url, [topic("demo", url, ["in@example.com"])]))
-    msgs = await settle(lambda: inbox(bridge.cfg.storage.data_dir, "in@example.com"))
+    msgs = await settle(lambda: inbox(bridge.cfg.storage.data_dir, "in@example.com"),
+                        bridge.store, url)
+    assert len(msgs) == 1
     m = msgs[0]
     assert m["Subject"] == "Fax from unknown sender"
     text = m.get_body(("plain",)).get_content()
@@ -173,14 +184,14 @@ async def test_ack_lost_refetched_fax_is_not_mailed_again(sim, make_bridge, tmp_
                                                                 ["in@example.com"])]))
     first = await make_bridge(cfg)
     d = cfg.storage.data_dir
-    await settle(lambda: inbox(d, "in@example.com"))
+    await wait_for(lambda: inbox(d, "in@example.com"))
     await first.stop()
     assert not state.faxes["demo"][0].acked
     await sim_post(url, "faults", {"clear": True})
-    await asyncio.sleep(0.4)  # the lock runs out: the fax is offered again
+    # the second bridge polls until the lock runs out and the fax is offered again
     second = await make_bridge(cfg)
-    await wait_for(lambda: state.faxes["demo"][0].acked, timeout=20)
-    await settle(lambda: True)
+    await wait_for(lambda: state.faxes["demo"][0].acked)
+    await settle(lambda: True, second.store, url)
     assert fax_ids(inbox(d, "in@example.com")) == [fid]
     assert state.faxes["demo"][0].offered >= 2
     assert second.store.inbound(f"demo/{fid}")["acked"] == 1
@@ -195,7 +206,8 @@ async def test_refused_credentials_do_not_stop_other_topics(sim, make_bridge, tm
     bad["password"] = {"env": "FB_BAD_PW"}
     bridge = await make_bridge(**wired(tmp_path, url, [bad, topic("good", url,
                                                                    ["good@example.com"])]))
-    await settle(lambda: inbox(bridge.cfg.storage.data_dir, "good@example.com"))
+    await settle(lambda: inbox(bridge.cfg.storage.data_dir, "good@example.com"),
+                 bridge.store, url)
     async with httpx.AsyncClient() as c:
         r = await c.get(f"{bridge.http_server.url}/readyz")
     assert r.status_code == 503
@@ -207,15 +219,15 @@ async def test_refused_credentials_do_not_stop_other_topics(sim, make_bridge, tm
 async def test_relay_down_then_up_mailed_once(sim, make_bridge, tmp_path):
     _, url = sim
     fid = await inject(url)
-    port = free_port()
+    relay = Relay.reserved()  # refuses connections until started
     bridge = await make_bridge(**wired(
         tmp_path, url, [topic("demo", url, ["in@example.com"])],
         mail={"transport": "smtp", "retry_min_seconds": 0.2, "retry_max_seconds": 0.5,
-              "relay": {"host": "127.0.0.1", "port": port, "tls": "none"}}))
-    await wait_for(lambda: (m := bridge.store.list_mail()) and m[0]["attempts"] >= 2)
-    relay = await Relay(port).start()
+              "relay": {"host": "127.0.0.1", "port": relay.port, "tls": "none"}}))
     try:
-        await settle(lambda: relay.messages)
+        await wait_for(lambda: (m := bridge.store.list_mail()) and m[0]["attempts"] >= 2)
+        await relay.start()
+        await settle(lambda: relay.messages, bridge.store, url)
         assert len(relay.messages) == 1
         assert fax_ids(relay.parsed()) == [fid]
         assert list(relay.parsed()[0].iter_attachments())[0].get_content() == PDF_A
@@ -234,7 +246,7 @@ async def test_refused_mailbox_goes_to_fallback(sim, make_bridge, tmp_path):
             tmp_path, url, [topic("demo", url, ["gone@example.com"])],
             mail={"transport": "smtp", "fallback_mailbox": "faxadmin@example.com",
                   "relay": {"host": "127.0.0.1", "port": relay.port, "tls": "none"}}))
-        await settle(lambda: relay.messages)
+        await settle(lambda: relay.messages, bridge.store, url)
         assert len(relay.messages) == 1 and relay.messages[0][1] == ["faxadmin@example.com"]
         text = relay.parsed()[0].get_body(("plain",)).get_content()
         assert "could not be delivered to gone@example.com" in text and "550" in text
@@ -251,21 +263,20 @@ async def test_inbox_cli_list_and_resend(sim, make_bridge, tmp_path):
     fid = await inject(url)
     bridge = await make_bridge(**wired(tmp_path, url, [topic("demo", url, ["in@example.com"])]))
     d = bridge.cfg.storage.data_dir
-    await settle(lambda: inbox(d, "in@example.com"))
+    await settle(lambda: inbox(d, "in@example.com"), bridge.store, url)
 
-    def cli(*a: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "faxbridge", "inbox", *a, "--data-dir",
-                               str(d)], capture_output=True, text=True)
-    listed = json.loads(cli("--json").stdout)
+    async def cli(*a: str) -> Any:
+        return await arun_faxbridge("inbox", *a, "--data-dir", str(d))
+    listed = json.loads((await cli("--json")).stdout)
     assert [(x["fax_id"], x["state"], x["acked"]) for x in listed] == [(fid, "delivered", True)]
     assert listed[0]["files"] == [f"{fid}.pdf"]
-    out = cli("resend", fid, "--to", "other@example.com")
+    out = await cli("resend", fid, "--to", "other@example.com")
     assert out.returncode == 0 and "queued again for other@example.com" in out.stdout
-    msgs = await settle(lambda: inbox(d, "other@example.com"))
+    msgs = await settle(lambda: inbox(d, "other@example.com"), bridge.store, url)
     assert len(msgs) == 1 and "administrator's request" in msgs[0].get_body(
         ("plain",)).get_content()
     assert len(inbox(d, "in@example.com")) == 1
-    assert cli("resend", "nope").returncode == 1
+    assert (await cli("resend", "nope")).returncode == 1
 
 
 async def test_kill_after_download_before_ack_mailed_once(tmp_path, procs):
@@ -284,28 +295,36 @@ data_dir = "{data}"
             "127.0.0.1:0"]
     first = Proc(args, tmp_path)
     procs.append(first)
-    first.wait_output("faxbridge listening")
+    await first.listening()
     db = data / "faxbridge.sqlite3"
-    await wait_for(lambda: db.exists() and Store(db).has_inbound("demo", fid), timeout=20)
+
+    def stored() -> bool:
+        if not db.exists():
+            return False
+        store = Store(db)
+        try:
+            return store.has_inbound("demo", fid)
+        finally:
+            store.close()
+    await wait_for(stored)
     first.kill9()
     async with httpx.AsyncClient() as c:
         sim_view = (await c.get(f"{url}/_sim/inbound")).json()
     assert sim_view[0]["acked"] is False  # killed before the ack
     await sim_post(url, "faults", {"clear": True})  # the stall may not have been used yet
-    await asyncio.sleep(1.2)  # wait out the lock
+    # the second bridge polls until the lock runs out and the fax is offered again
     second = Proc(args, tmp_path)
     procs.append(second)
-    second.wait_output("faxbridge listening")
-
-    async def acked() -> bool:
+    await second.listening()
+    store = Store(db)
+    try:
+        msgs = await settle(lambda: inbox(data, "in@example.com"), store, url)
+        assert fax_ids(msgs) == [fid]
         async with httpx.AsyncClient() as c:
-            return (await c.get(f"{url}/_sim/inbound")).json()[0]["acked"]
-    await wait_for(acked, timeout=20)
-    msgs = await settle(lambda: inbox(data, "in@example.com"))
-    assert fax_ids(msgs) == [fid]
-    async with httpx.AsyncClient() as c:
-        assert (await c.get(f"{url}/_sim/inbound")).json()[0]["offered"] >= 2
-    assert Store(db).integrity_check() == "ok"
+            assert (await c.get(f"{url}/_sim/inbound")).json()[0]["offered"] >= 2
+        assert store.integrity_check() == "ok"
+    finally:
+        store.close()
 
 
 def test_file_format_preference_picks_one_of_several_formats():
@@ -330,8 +349,7 @@ async def test_restart_finishes_faxes_whose_mail_outcome_was_recorded(sim, make_
                                                                 ["in@example.com"])]))
     first = await make_bridge(cfg)
     d = cfg.storage.data_dir
-    await settle(lambda: len(inbox(d, "in@example.com")) == 2 and all(
-        first.store.inbound(f"demo/{x}")["state"] == "delivered" for x in (a, b)))
+    await settle(lambda: len(inbox(d, "in@example.com")) == 2, first.store, url)
     await first.stop()
     store = Store(d / "faxbridge.sqlite3")
     with store.db.tx() as c:  # the state the crash would have left
@@ -340,8 +358,8 @@ async def test_restart_finishes_faxes_whose_mail_outcome_was_recorded(sim, make_
                   "WHERE ref=?", (f"demo/{b}",))
     store.close()
     second = await make_bridge(cfg)
-    await settle(lambda: second.store.inbound(f"demo/{a}")["state"] == "delivered"
-                 and inbox(d, "postmaster@localhost"))
+    await settle(lambda: inbox(d, "postmaster@localhost"), second.store, url)
+    assert second.store.inbound(f"demo/{a}")["state"] == "delivered"
     assert len(inbox(d, "in@example.com")) == 2  # no second mail for a
     assert fax_ids(inbox(d, "postmaster@localhost")) == [b]
     assert "550 5.1.1 gone" in inbox(d, "postmaster@localhost")[0].get_body(

@@ -1,4 +1,4 @@
-"""The response models parse the real Retarus fixtures unchanged (the Java SDK's fixtures, docs/retarus-wire.md §2)."""
+"""The response models parse Retarus' own fixtures unchanged (tests/data/retarus)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,18 @@ import json
 import pytest
 
 from faxbridge.retarus.models import DeletionList, FaxJobResponse, FaxReport, ReportList
-from tests.conftest import SHARED
+from tests.conftest import DATA
 
-FIXTURES = SHARED if SHARED.exists() else None
-pytestmark = pytest.mark.skipif(FIXTURES is None, reason="shared/reference not beside the repo")
+FIXTURES = DATA / "retarus"
 
 
 def test_send_fax_response_fixture():
-    raw = (SHARED / "java-fax_send_fax_response.json").read_bytes()
+    raw = (FIXTURES / "java-fax_send_fax_response.json").read_bytes()
     assert FaxJobResponse.model_validate_json(raw).jobId == "FJLI3102O5BEPYOTB5LPC9"
 
 
 def test_get_fax_reports_fixture():
-    raw = (SHARED / "java-fax_get_fax_reports_response.json").read_bytes()
+    raw = (FIXTURES / "java-fax_get_fax_reports_response.json").read_bytes()
     reports = ReportList.model_validate_json(raw).reports
     assert len(reports) == 1
     rep = reports[0]
@@ -32,7 +31,7 @@ def test_get_fax_reports_fixture():
 
 
 def test_delete_reports_fixture():
-    raw = (SHARED / "java-fax_delete_reports_response.json").read_bytes()
+    raw = (FIXTURES / "java-fax_delete_reports_response.json").read_bytes()
     rep = DeletionList.model_validate_json(raw).reports[0]
     assert rep.deleted and rep.jobId == "FJLI3102O5BEPYOTB5LPC9" and rep.reason is None
 

@@ -12,13 +12,12 @@ import smtplib
 import subprocess
 import sys
 import threading
-import time
 from email.message import EmailMessage
 
 import httpx
 
 from faxbridge.config import load
-from tests.conftest import ROOT, Proc, free_port, wait_for
+from tests.conftest import ROOT, Proc, arun_faxbridge, wait_for
 from tests.smtp_client import send
 
 
@@ -78,38 +77,40 @@ def test_rule_editing_needs_an_include(tmp_path):
 
 async def test_live_reload_by_cli_and_broken_file_keeps_old_rules(tmp_path, procs):
     cfg = tmp_path / "c.toml"
-    http_port, smtp_port = free_port(), free_port()
     cfg.write_text(HAND_WRITTEN + f'\n[storage]\ndata_dir = "{tmp_path / "data"}"\n'
                    '[simulator]\ncomplete_after = 0.2\n')
-    bridge = Proc(["serve", "--config", str(cfg), "--smtp-listen", f"127.0.0.1:{smtp_port}",
-                   "--http-listen", f"127.0.0.1:{http_port}"], tmp_path)
+    bridge = Proc(["serve", "--config", str(cfg), "--smtp-listen", "127.0.0.1:0",
+                   "--http-listen", "127.0.0.1:0"], tmp_path)
     procs.append(bridge)
-    bridge.wait_output("faxbridge listening")
-    addr = f"127.0.0.1:{smtp_port}"
+    listening = await bridge.listening()
+    addr = listening.smtp
     t = await send(addr, mail(sender="scan@copier.example"))
     assert t.rcpt[0][0] == 550
     # a rule only the CLI adds: the running bridge reloads the included file
-    assert cli("senders", "add", "copiers", "--config", str(cfg), "--match",
-               "*@copier.example").returncode == 0
-    bridge.wait_output("configuration reloaded", timeout=10)
+    assert (await arun_faxbridge("senders", "add", "copiers", "--config", str(cfg), "--match",
+                                 "*@copier.example")).returncode == 0
+    await bridge.output_seen("configuration reloaded (senders)")
     t = await send(addr, mail(sender="scan@copier.example"))
     assert t.data and t.data[0] == 250, t
     async with httpx.AsyncClient() as c:
-        metrics = (await c.get(f"http://127.0.0.1:{http_port}/metrics")).text
+        metrics = (await c.get(f"{listening.http}/metrics")).text
     assert 'faxbridge_smtp_mails_total{reason="250",result="accepted"} 1.0' in metrics
     # a broken file: refused, logged with its key path, the old rules stay in force
     cfg.write_text(cfg.read_text() + "\n[smtp]\nmax_recipients = 'many'\n")
-    bridge.wait_output("reload (file changed) refused", timeout=10)
-    assert "smtp.max_recipients" in bridge.log.read_text()
+    out = await bridge.output_seen("reload (file changed) refused")
+    assert "smtp.max_recipients" in out
     t = await send(addr, mail(sender="scan@copier.example"))
     assert t.data and t.data[0] == 250
-    # SIGHUP reload after fixing it
+    t = await send(addr, mail(), rcpts=["+4989123456@fax.local", "+4930123456@fax.local"])
+    assert [c for c, _ in t.rcpt] == [250, 250]  # still the old limit
+    # fixed: the file watcher reloads it
     cfg.write_text(cfg.read_text().replace("max_recipients = 'many'", "max_recipients = 1"))
-    bridge.p.send_signal(signal.SIGHUP)
-    await wait_for(lambda: bridge.log.read_text().count("configuration reloaded") >= 2,
-                   timeout=10)
+    await bridge.output_seen("configuration reloaded (smtp)")
     t = await send(addr, mail(), rcpts=["+4989123456@fax.local", "+4930123456@fax.local"])
     assert [c for c, _ in t.rcpt] == [250, 452]
+    # SIGHUP reloads too: the file is unchanged, so only the signal can cause this one
+    bridge.p.send_signal(signal.SIGHUP)
+    await bridge.output_seen("configuration reloaded (nothing changed)")
 
 
 async def test_metrics_count_a_known_sequence(make_bridge):
@@ -118,9 +119,16 @@ async def test_metrics_count_a_known_sequence(make_bridge):
         assert (await send(bridge.smtp_address, mail())).data[0] == 250
     await send(bridge.smtp_address, mail(to="bob@example.org"))
     await send(bridge.smtp_address, mail(to="+499001234567@fax.local"))
-    await asyncio.sleep(0.3)
-    async with httpx.AsyncClient() as c:
-        r = await c.get(f"{bridge.http_server.url}/metrics")
+
+    async def counted() -> httpx.Response | None:
+        """/metrics once all four mails are counted and their sessions closed (the
+        client's QUIT returns before the bridge has closed its side)."""
+        async with httpx.AsyncClient() as c:
+            r = await c.get(f"{bridge.http_server.url}/metrics")
+        total = sum(float(n) for n in re.findall(
+            r'^faxbridge_smtp_mails_total\{[^}]*\} (\S+)$', r.text, re.M))
+        return r if total >= 4 and "faxbridge_smtp_sessions_open 0.0" in r.text else None
+    r = await wait_for(counted)
     text = r.text
     assert r.headers["content-type"].startswith("text/plain")
     assert 'faxbridge_smtp_mails_total{reason="250",result="accepted"} 2.0' in text
@@ -163,10 +171,11 @@ async def test_admin_api_disabled_without_token(make_bridge):
     assert r.status_code == 403 and "http.admin_token" in r.json()["error"]
 
 
-async def test_health_and_readiness_while_the_simulator_is_down(sim, make_bridge, monkeypatch):
+async def test_health_and_readiness_while_the_simulator_is_down(sim, make_bridge, monkeypatch,
+                                                                refused_port):
     state, url = sim
     monkeypatch.setenv("FB_PULL_PW", "simulator")
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = f"http://127.0.0.1:{refused_port}"
     bridge = await make_bridge(
         retarus={"send_url": f"{dead}/fax4a/ha-de/rest/v1",
                  "datacenter_urls": [f"{dead}/fax4a/de1/rest/v1"]},
@@ -184,10 +193,13 @@ async def test_health_and_readiness_while_the_simulator_is_down(sim, make_bridge
     assert "connection failed" in ready["checks"]["topics"]["demo"]["last_error"]
 
 
-def _slow_data(addr: str, size: int, result: dict) -> None:
+def _slow_data(addr: str, size: int, in_data: threading.Event, go_on: threading.Event,
+               result: dict) -> None:
+    """Send a mail of `size` bytes; halfway through DATA set `in_data` and wait for
+    `go_on` before sending the rest."""
     host, port = addr.split(":")
     try:
-        s = smtplib.SMTP(host, int(port), timeout=30)
+        s = smtplib.SMTP(host, int(port), timeout=60)
         s.ehlo()
         s.mail("alice@example.com")
         s.rcpt("+4989123456@fax.local")
@@ -197,58 +209,73 @@ def _slow_data(addr: str, size: int, result: dict) -> None:
         head = b"From: alice@example.com\r\nTo: +4989123456@fax.local\r\nSubject: big\r\n\r\n"
         s.sock.sendall(head)
         line = b"x" * 998 + b"\r\n"
-        for i in range(size // 1000):
-            s.sock.sendall(line)
-            if i % 200 == 0:
-                time.sleep(0.05)
+        lines = size // 1000
+        s.sock.sendall(line * (lines // 2))
+        in_data.set()
+        if not go_on.wait(120):
+            raise TimeoutError("the test never let the client go on")
+        s.sock.sendall(line * (lines - lines // 2))
         s.sock.sendall(b".\r\n")
         result["reply"] = s.getreply()
         s.close()
     except (OSError, smtplib.SMTPException) as exc:
         result["error"] = repr(exc)
+    finally:
+        in_data.set()  # a failure before DATA must not leave the test waiting
+
+
+def _connect_code(addr: str) -> dict:
+    host, port = addr.split(":")
+    try:
+        with smtplib.SMTP(host, int(port), timeout=30) as s:
+            return {"code": s.ehlo()[0]}
+    except smtplib.SMTPConnectError as exc:
+        return {"code": exc.smtp_code}
+    except (OSError, smtplib.SMTPException) as exc:
+        return {"error": repr(exc)}
 
 
 async def test_sigterm_during_large_data_never_loses_a_250(tmp_path, procs):
-    smtp_port = free_port()
-    args = ["serve", "--data-dir", str(tmp_path / "data"), "--smtp-listen",
-            f"127.0.0.1:{smtp_port}", "--http-listen", "127.0.0.1:0", "--simulator-listen",
-            "127.0.0.1:0"]
+    """SIGTERM arrives while a 3 MB mail is halfway through DATA: the bridge turns
+    newcomers away with 421, lets the transfer finish, answers 250, commits the job
+    and exits 0; after a restart the job is there, whole, and goes to Retarus."""
+    args = ["serve", "--data-dir", str(tmp_path / "data"), "--smtp-listen", "127.0.0.1:0",
+            "--http-listen", "127.0.0.1:0", "--simulator-listen", "127.0.0.1:0"]
     bridge = Proc(args, tmp_path)
     procs.append(bridge)
-    bridge.wait_output("faxbridge listening")
-    addr = f"127.0.0.1:{smtp_port}"
+    addr = (await bridge.listening()).smtp
     result: dict = {}
-    th = threading.Thread(target=_slow_data, args=(addr, 3_000_000, result))
+    in_data, go_on = threading.Event(), threading.Event()
+    th = threading.Thread(target=_slow_data, args=(addr, 3_000_000, in_data, go_on, result))
     th.start()
-    await asyncio.sleep(0.6)  # well inside DATA
-    bridge.p.send_signal(signal.SIGTERM)
-    await asyncio.to_thread(bridge.wait_output, "faxbridge stopping")
-    late: dict = {}
-    try:  # a newcomer during shutdown is told to come back later
-        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=5) as s:
-            late["code"] = s.ehlo()[0]
-    except smtplib.SMTPConnectError as exc:
-        late["code"] = exc.smtp_code
-    except (OSError, smtplib.SMTPException) as exc:
-        late["error"] = repr(exc)
-    th.join(60)
-    bridge.p.wait(60)
-    assert bridge.p.returncode == 0
-    assert late.get("code") == 421 or "error" in late, late
+    try:
+        assert await asyncio.to_thread(in_data.wait, 60) and not result, result
+        bridge.p.send_signal(signal.SIGTERM)
+        await bridge.output_seen("faxbridge stopping")
+        # a newcomer during shutdown is told to come back later (the bridge is still
+        # there: it waits for the mail in DATA)
+        late = await asyncio.to_thread(_connect_code, addr)
+        assert late == {"code": 421}, late
+    finally:
+        go_on.set()
+        await asyncio.to_thread(th.join, 120)
+    assert await asyncio.to_thread(bridge.p.wait, 120) == 0, bridge.output
     reply = result.get("reply")
     assert reply is not None, result
     code, text = reply
-    assert code == 250 or 400 <= code < 500, reply
-    if code == 250:
-        job_id = text.decode().split("Queued as ")[1].split(":")[0]
-        again = Proc(args, tmp_path)
-        procs.append(again)
-        again.wait_output("faxbridge listening")
-        from faxbridge.store import Store
-        store = Store(tmp_path / "data" / "faxbridge.sqlite3")
+    assert code == 250, reply
+    job_id = text.decode().split("Queued as ")[1].split(":")[0]
+    again = Proc(args, tmp_path)
+    procs.append(again)
+    await again.listening()
+    from faxbridge.store import Store
+    store = Store(tmp_path / "data" / "faxbridge.sqlite3")
+    try:
         assert store.job(job_id) is not None
-        await wait_for(lambda: store.job(job_id)["state"] in ("submitted", "done"), timeout=20)
+        await wait_for(lambda: store.job(job_id)["state"] in ("submitted", "done"), timeout=60)
         assert len(store.job_documents(job_id)[0]["data"]) > 2_900_000
+    finally:
+        store.close()
 
 
 def test_dockerfile_entry_point_and_healthcheck_exist(tmp_path):
@@ -264,15 +291,17 @@ def test_dockerfile_entry_point_and_healthcheck_exist(tmp_path):
     hc = re.search(r'HEALTHCHECK .*?CMD (.*?)\|\| exit 1', text.replace("\\\n", " "), re.S)
     assert hc and "/healthz" in hc.group(1)
     # run the health check command against a real bridge
-    port = free_port()
     bridge = Proc(["serve", "--data-dir", str(tmp_path / "d"), "--smtp-listen", "127.0.0.1:0",
-                   "--http-listen", f"127.0.0.1:{port}", "--simulator-listen", "127.0.0.1:0"],
+                   "--http-listen", "127.0.0.1:0", "--simulator-listen", "127.0.0.1:0"],
                   tmp_path)
     try:
-        bridge.wait_output("faxbridge listening")
-        argv = shlex.split(hc.group(1).replace("8025", str(port)))
+        port = bridge.wait_listening().http.rsplit(":", 1)[1]
+        assert "8025" in hc.group(1)
+        argv = shlex.split(hc.group(1).replace("8025", port))
         argv[0] = sys.executable
-        assert subprocess.run(argv, timeout=20).returncode == 0
+        assert subprocess.run(argv, timeout=60).returncode == 0
+        bridge.stop()  # and against none: the check fails
+        assert subprocess.run(argv, timeout=60, capture_output=True).returncode != 0
     finally:
         bridge.stop()
     for path in ("pyproject.toml", "README.md", "config.example.toml", "faxbridge", "templates"):
@@ -287,13 +316,14 @@ async def test_reload_moves_the_listener_and_keeps_the_old_config_on_a_busy_port
     import pytest
     bridge = await make_bridge()
     old_port = int(bridge.smtp_address.rsplit(":", 1)[1])
-    new_port = free_port()
+    # another loopback address, port 0: a different listen setting without guessing a
+    # free port (on Linux all of 127.0.0.0/8 is the loopback interface)
     moved = bridge.cfg.model_copy(update={
-        "smtp": bridge.cfg.smtp.model_copy(update={"listen": f"127.0.0.1:{new_port}"}),
+        "smtp": bridge.cfg.smtp.model_copy(update={"listen": "127.0.0.2:0"}),
         "retarus": bridge.cfg.retarus.model_copy(update={"timeout": 5.0})})
     old_client = bridge.fax4a
     assert await bridge.reload(moved) == ["smtp listener", "retarus", "smtp"]
-    assert bridge.smtp_address == f"127.0.0.1:{new_port}" and bridge.fax4a is not old_client
+    assert bridge.smtp_address.startswith("127.0.0.2:") and bridge.fax4a is not old_client
     assert (await send(bridge.smtp_address, mail())).data[0] == 250
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", old_port), timeout=2).close()

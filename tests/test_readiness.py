@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from faxbridge.mail.compose import Composer
-from tests.conftest import free_port, sim_jobs, wait_for
+from tests.conftest import sim_jobs, wait_for
 from tests.relay import Relay
 from tests.smtp_client import send
 from tests.test_reports import FAST, MAIL_FAST, fax_mail, maildir
@@ -69,7 +69,8 @@ def own_templates(bridge: Any, tmp_path: Path) -> Path:
 
 
 async def test_relay_down_longer_than_the_grace_period_is_not_ready(make_bridge):
-    port = free_port()  # nothing listens there until the relay starts below
+    relay = Relay.reserved()  # its port refuses connections until the relay starts below
+    port = relay.port
     bridge = await make_bridge(fax=FAST, mail={
         "transport": "smtp", **MAIL_FAST,
         "relay": {"host": "127.0.0.1", "port": port, "tls": "none"}})
@@ -93,7 +94,7 @@ async def test_relay_down_longer_than_the_grace_period_is_not_ready(make_bridge)
     assert await metric(bridge, "faxbridge_mail_transport_failures_total", kind="report",
                         outcome="deferred") >= 1
 
-    relay = await Relay(port).start()
+    await relay.start()
     try:
         body = await ready_again(bridge)
         assert "reasons" not in body and body["ready"] is True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import email
 import email.policy
 import logging
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from faxbridge.mail.transport import maildir_path
-from tests.conftest import free_port, sim_jobs, wait_for
+from tests.conftest import arun_faxbridge, sim_jobs, wait_for
 from tests.relay import Relay
 from tests.smtp_client import send
 
@@ -42,9 +41,19 @@ def maildir(bridge, address: str = "alice@example.com") -> list[EmailMessage]:
             for m in mailbox.Maildir(str(path), create=False)]
 
 
+def no_more_reports(bridge) -> bool:
+    """No further report can be mailed: every job is final (its report is queued in
+    the transaction that finishes it, and a final job is never finished again), the
+    simulator has pushed every job's status (poll and push have both reported), and
+    no mail waits to be sent."""
+    return (all(j["state"] in ("done", "failed") for j in bridge.store.list_jobs())
+            and all(j.pushes for j in bridge.sim_state.jobs)
+            and all(m["state"] != "queued" for m in bridge.store.list_mail()))
+
+
 async def one_report(bridge, address: str = "alice@example.com") -> EmailMessage:
-    msgs = await wait_for(lambda: maildir(bridge, address), timeout=20)
-    await asyncio.sleep(0.5)  # a second (duplicate) report would show up by now
+    await wait_for(lambda: maildir(bridge, address))
+    await wait_for(lambda: no_more_reports(bridge))
     msgs = maildir(bridge, address)
     assert len(msgs) == 1, [m["Subject"] for m in msgs]
     return msgs[0]
@@ -116,15 +125,17 @@ async def test_report_found_only_on_second_datacenter_and_deleted_there(bridge):
     job = bridge.store.job(t.job_id)
     # finished by poll (data center known) or by push (not known): either way the
     # clean-up deletes the report where it lives, on de2
-    await wait_for(lambda: bridge.store.job(t.job_id)["report_deleted"] == 1, timeout=15)
+    await wait_for(lambda: bridge.store.job(t.job_id)["report_deleted"] == 1)
     assert job["retarus_job_id"] not in bridge.sim_state.reports["de2"]
     deletes = [c for c in bridge.sim_state.calls if c["endpoint"] in ("delete", "bulk")]
     assert deletes and deletes[-1]["dc"] == "de2"
     assert all(c["dc"] in ("de1", "de2") for c in bridge.sim_state.calls
                if c["endpoint"] in ("report", "list", "bulk", "delete", "delete_oldest"))
     # (reports are never asked of the HA URL)
-    kinds = [e["kind"] for e in bridge.store.job_events(t.job_id)]
-    assert "report-deleted" in kinds and "report-sent" in kinds
+    # (report-sent follows the mail's state in its own transaction)
+    kinds = await wait_for(lambda: (k := [e["kind"] for e in bridge.store.job_events(t.job_id)])
+                           and "report-sent" in k and k)
+    assert "report-deleted" in kinds
 
 
 async def test_push_before_poll(make_bridge):
@@ -156,7 +167,8 @@ async def test_poll_before_push_and_duplicate_pushes(bridge):
     for _ in range(3):  # late and repeated pushes change nothing
         r = await push(bridge, body)
         assert r.status_code == 200 and r.json()["status"] == "already final"
-    await asyncio.sleep(0.5)
+    # a report the pushes caused would be queued before their answer
+    assert [m["kind"] for m in bridge.store.list_mail()] == ["report"]
     assert len(maildir(bridge)) == 1
     assert [e["kind"] for e in bridge.store.job_events(t.job_id)].count("done") == 1
 
@@ -195,8 +207,8 @@ async def test_notify_failure_only_and_attachments(make_bridge):
     m.replace_header("From", "ok@example.com")
     t1 = await send(bridge.smtp_address, m)
     t2 = await send(bridge.smtp_address, fax_mail(msgid="<orig-2@example.com>"))
-    await wait_for(lambda: bridge.store.job(t1.job_id)["state"] == "done", timeout=15)
-    msg = await one_report(bridge)
+    msg = await one_report(bridge)  # (also waits until t1 is done)
+    assert bridge.store.job(t1.job_id)["state"] == "done"
     assert msg["In-Reply-To"] == "<orig-2@example.com>"
     atts = [(a.get_filename(), a.get_content()) for a in msg.iter_attachments()]
     assert atts == [("mail-body.txt", "Please pay.\n")]
@@ -220,24 +232,23 @@ async def test_broken_override_template_falls_back(make_bridge, tmp_path, caplog
 
 
 async def test_relay_down_then_up_report_arrives_once(make_bridge):
-    port = free_port()
-    bridge = await make_bridge(fax=FAST, mail={
-        "transport": "smtp", **MAIL_FAST,
-        "relay": {"host": "127.0.0.1", "port": port, "tls": "none"}})
-    t = await send(bridge.smtp_address, fax_mail())
-    await wait_for(lambda: bridge.store.job(t.job_id)["state"] == "done", timeout=15)
-    await wait_for(lambda: (m := bridge.store.list_mail()) and m[0]["attempts"] >= 2)
-    assert bridge.store.list_mail()[0]["state"] == "queued"
-    assert "unreachable" in bridge.store.list_mail()[0]["last_error"]
-    relay = await Relay(port).start()
+    relay = Relay.reserved()  # refuses connections until started
     try:
-        await wait_for(lambda: relay.messages, timeout=10)
-        await asyncio.sleep(1.0)
+        bridge = await make_bridge(fax=FAST, mail={
+            "transport": "smtp", **MAIL_FAST,
+            "relay": {"host": "127.0.0.1", "port": relay.port, "tls": "none"}})
+        t = await send(bridge.smtp_address, fax_mail())
+        await wait_for(lambda: bridge.store.job(t.job_id)["state"] == "done")
+        await wait_for(lambda: (m := bridge.store.list_mail()) and m[0]["attempts"] >= 2)
+        assert bridge.store.list_mail()[0]["state"] == "queued"
+        assert "unreachable" in bridge.store.list_mail()[0]["last_error"]
+        await relay.start()
+        # 'sent' is recorded after the relay's 250 and is final: nothing is sent again
+        await wait_for(lambda: bridge.store.list_mail()[0]["state"] == "sent")
         assert len(relay.messages) == 1
         mail_from, rcpts, _ = relay.messages[0]
         assert rcpts == ["alice@example.com"] and mail_from == "faxbridge@localhost"
         assert relay.parsed()[0]["In-Reply-To"] == "<orig-1@example.com>"
-        assert bridge.store.list_mail()[0]["state"] == "sent"
     finally:
         await relay.stop()
 
@@ -250,28 +261,31 @@ async def test_relay_550_for_the_sender_is_recorded_not_retried(make_bridge):
             "transport": "smtp", **MAIL_FAST,
             "relay": {"host": "127.0.0.1", "port": relay.port, "tls": "none"}})
         t = await send(bridge.smtp_address, fax_mail())
-        await wait_for(lambda: (m := bridge.store.list_mail()) and m[0]["state"] == "failed",
-                       timeout=15)
-        await asyncio.sleep(1.0)
-        assert relay.rcpt_attempts == ["alice@example.com"] and relay.messages == []
+        await wait_for(lambda: (m := bridge.store.list_mail()) and m[0]["state"] == "failed")
         row = bridge.store.list_mail()[0]
         assert "550" in row["last_error"] and row["attempts"] == 1
-        kinds = [e["kind"] for e in bridge.store.job_events(t.job_id)]
-        assert "report-failed" in kinds
+        # the job's event follows the mail's state in its own transaction
+        await wait_for(lambda: "report-failed" in [e["kind"] for e in
+                                                   bridge.store.job_events(t.job_id)])
+        # a second report is refused the same way: the mail worker has gone round again
+        # since the first was refused, and did not try the first one again
+        await send(bridge.smtp_address, fax_mail(msgid="<orig-2@example.com>"))
+        await wait_for(lambda: len(m := bridge.store.list_mail()) == 2 and
+                       m[0]["state"] == "failed")
+        assert [(m["state"], m["attempts"]) for m in bridge.store.list_mail()] == [
+            ("failed", 1), ("failed", 1)]
+        assert relay.rcpt_attempts == ["alice@example.com"] * 2 and relay.messages == []
     finally:
         await relay.stop()
 
 
 async def test_jobs_show_timeline(bridge):
-    import subprocess
-    import sys
     t = await send(bridge.smtp_address, fax_mail())
     await one_report(bridge)
     await wait_for(lambda: "report-sent" in [e["kind"] for e in
                                              bridge.store.job_events(t.job_id)])
-    out = subprocess.run([sys.executable, "-m", "faxbridge", "jobs", "show", t.job_id,
-                          "--data-dir", str(bridge.cfg.storage.data_dir)],
-                         capture_output=True, text=True).stdout
+    out = (await arun_faxbridge("jobs", "show", t.job_id, "--data-dir",
+                                str(bridge.cfg.storage.data_dir))).stdout
     for kind in ("accepted", "submitting", "submitted", "poll", "done", "report-queued",
                  "report-sent"):
         assert kind in out, out

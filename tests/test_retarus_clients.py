@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import time
 
 import httpx
 import pytest
 
 from faxbridge.errors import AuthError, NotFound, Permanent, Transient
+from faxbridge.outbound.request import submission_body
 from faxbridge.retarus.fax4a import Fax4AClient, Fax4AEndpoints, make_client
 from faxbridge.retarus.http import with_retries
 from faxbridge.retarus.models import FaxJobRequest
 from faxbridge.retarus.pull import PullClient
-from tests.conftest import free_port
+from tests.conftest import wait_for
 
 PDF = b"%PDF-1.4\n1 0 obj<</Type /Page>>endobj\n2 0 obj<</Type /Page>>endobj\n%%EOF\n"
 
@@ -24,6 +25,14 @@ def job(number: str = "+4989123456", ref: str | None = "FB-1") -> FaxJobRequest:
         "recipients": [{"number": number}],
         "documents": [{"name": "doc.pdf", "data": base64.b64encode(PDF).decode()}],
     })
+
+
+def final_report(fax4a: Fax4AClient, job_id: str):
+    """For wait_for: (report, data center) once the report is final, else None."""
+    async def check():
+        rep, dc = await fax4a.get_report(job_id)
+        return (rep, dc) if rep.final else None
+    return check
 
 
 async def control(url: str, path: str, body: dict) -> None:
@@ -43,8 +52,8 @@ async def test_send_report_pending_then_final_on_exactly_one_dc(sim, fax4a):
         codes = sorted([(await c.get(f"{u}/99999TE/fax/reports/{job_id}")).status_code
                         for u in fax4a.ep.datacenter_urls])
     assert codes == [200, 404]
-    await asyncio.sleep(0.4)
-    rep2, dc2 = await fax4a.get_report(job_id)
+    # the simulator completes it after complete_after (0.3 s)
+    rep2, dc2 = await wait_for(final_report(fax4a, job_id))
     assert dc2 == dc and rep2.final
     assert rep2.recipientStatus[0].status == "OK" and rep2.pages == 2
     assert rep2.reference == {"customerDefinedId": "FB-1"}
@@ -68,14 +77,13 @@ async def test_outcome_busy(sim, fax4a):
     _, url = sim
     await control(url, "outcomes", {"pattern": "+4930*", "status": "BUSY"})
     job_id, _ = await fax4a.send(job("+4930123456"))
-    await asyncio.sleep(0.4)
-    rep, _ = await fax4a.get_report(job_id)
+    rep, _ = await wait_for(final_report(fax4a, job_id))
     assert rep.recipientStatus[0].status == "BUSY" and rep.pages == 0
 
 
-async def test_failover_when_ha_refuses_connections(sim):
+async def test_failover_when_ha_refuses_connections(sim, refused_port):
     _, url = sim
-    dead = f"http://127.0.0.1:{free_port()}/rest/v1"
+    dead = f"http://127.0.0.1:{refused_port}/rest/v1"
     async with make_client("faxbridge", "simulator", 5.0) as http:
         client = Fax4AClient(Fax4AEndpoints("99999TE", dead, (f"{url}/fax4a/de1/rest/v1",
                                                              f"{url}/fax4a/de2/rest/v1")), http)
@@ -129,23 +137,34 @@ async def test_invalid_document_name_gets_400(sim, fax4a):
     assert exc.value.status == 400 and not state.jobs
 
 
-def test_client_refuses_invalid_requests_before_sending():
-    with pytest.raises(ValueError, match="32 characters"):
-        FaxJobRequest.model_validate({"recipients": [{"number": "+49891"}],
-                                      "documents": [{"name": "x" * 33 + ".pdf", "data": "QQ=="}]})
-    with pytest.raises(ValueError):
-        FaxJobRequest.model_validate({"recipients": [{"number": "+49891"}],
-                                      "documents": [{"name": "a.txt", "data": "QQ==",
-                                                     "charset": "latin1"}]})
-    with pytest.raises(ValueError, match="document or a cover page"):
-        FaxJobRequest.model_validate({"recipients": [{"number": "+49891"}]})
-    with pytest.raises(ValueError):
-        FaxJobRequest.model_validate({"recipients": [], "documents": [
-            {"name": "a.pdf", "data": "QQ=="}]})
-    with pytest.raises(ValueError):
-        FaxJobRequest.model_validate({"recipients": [{"number": "+49"}],
-                                      "transportOptions": {"csid": "x" * 21},
-                                      "documents": [{"name": "a.pdf", "data": "QQ=="}]})
+GOOD = {"recipients": [{"number": "+4989123456"}]}
+ONE_PDF = [("a.pdf", None, PDF)]
+
+
+@pytest.mark.parametrize("skeleton, documents, why", [
+    (GOOD, [("x" * 33 + ".pdf", None, PDF)], r"documents\.0\.name\n.*1-32 characters"),
+    (GOOD, [("a.txt", "latin1", b"hello")], r"documents\.0\.charset"),
+    (GOOD, [], "document or a cover page"),
+    ({"recipients": []}, ONE_PDF, "recipients"),
+    ({**GOOD, "transportOptions": {"csid": "x" * 21}}, ONE_PDF, r"transportOptions\.csid"),
+], ids=["long document name", "unknown charset", "nothing to send", "no recipient",
+        "long csid"])
+async def test_client_refuses_invalid_requests_before_sending(sim, fax4a, skeleton, documents,
+                                                              why):
+    """The request is validated as it is built, both ways the client is given one (the
+    streamed body the submit worker uses, and the model): an invalid one never reaches
+    the wire, while the same request made valid does."""
+    state, _ = sim
+    with pytest.raises(ValueError, match=why):
+        await fax4a.send(submission_body(skeleton, documents))
+    with pytest.raises(ValueError, match=why):
+        await fax4a.send(FaxJobRequest.model_validate(
+            {**skeleton, "documents": [{"name": n, "charset": c,
+                                        "data": base64.b64encode(d).decode()}
+                                       for n, c, d in documents]}))
+    assert state.calls == [] and state.jobs == []
+    await fax4a.send(submission_body(GOOD, ONE_PDF))  # the control: this one is sent
+    assert [c["endpoint"] for c in state.calls] == ["send"] and len(state.jobs) == 1
 
 
 async def test_retry_after_is_honoured(sim, fax4a):
@@ -168,7 +187,8 @@ async def test_list_bulk_delete_and_delete_oldest(sim, fax4a):
     ids = [(await fax4a.send(job(ref=f"FB-{i}")))[0] for i in range(5)]
     de1 = fax4a.ep.datacenter_urls[0]
     assert await fax4a.list_reports(de1) == []  # not completed yet: not listed
-    await asyncio.sleep(0.4)
+    for job_id in ids:  # completed after complete_after (0.3 s)
+        await wait_for(final_report(fax4a, job_id))
     listed = await fax4a.list_all_reports()
     assert sorted(r.jobId for r, _ in listed) == sorted(ids)
     got = await fax4a.bulk("get", ids[:2] + ["FJNOPE"], de1)
@@ -200,8 +220,19 @@ async def inject(url: str, topic: str = "demo", **kw) -> str:
         return r.json()["id"]
 
 
+async def offered(pull: PullClient, topic: str):
+    """For wait_for: a poll's response if it offered something, else None."""
+    r = await pull.poll(topic, fetch=5)
+    return r if r.results else None
+
+
+def unlocked(fax) -> bool:  # noqa: ANN001 - the simulator's SimFax
+    """The simulator's lock on `fax` has run out: unacked, it would be offered again."""
+    return fax.locked_until <= time.time()
+
+
 async def test_pull_lock_reoffer_and_ack_via_next(sim):
-    _, url = sim
+    state, url = sim
     a = await inject(url)
     b = await inject(url)
     pull = PullClient(f"{url}/faxin/rest/v1", "99999TE", "simulator")
@@ -213,11 +244,13 @@ async def test_pull_lock_reoffer_and_ack_via_next(sim):
         assert [f.id for f in second.results] == [b]
         # the next URL of the first response acks `a` and fetches what is unlocked
         third = await pull.follow(first.meta.next)
-        assert third.results == []
-        # let b's lock run out (timeout=0 lock): b comes back, a never does
-        await pull.poll("demo", fetch=0)
+        assert third.results == []  # b is still locked (60 s)
+        assert [(f.fax_id, f.acked) for f in state.faxes["demo"]] == [(a, True), (b, False)]
+        # the locks run out (the test's Retarus lets them): b comes back, a never does
+        for fax in state.faxes["demo"]:
+            fax.locked_until = 0.0
         again = await pull.poll("demo", fetch=10)
-        assert again.results == []  # b is still locked for 60 s
+        assert [f.id for f in again.results] == [b]
     finally:
         await pull.aclose()
 
@@ -233,13 +266,15 @@ async def test_pull_reoffer_after_lock_and_ack_via_exit(sim):
         assert [f.id for f in r1.results] == [fid]
         data, ctype = await pull.download(r1.results[0].documents[0].url)
         assert data == PDF and ctype == "application/pdf"
-        await asyncio.sleep(0.3)
-        r2 = await pull.poll("demo", fetch=5)  # not acknowledged: offered again
+        # not acknowledged: offered again once the lock runs out (polls in between find
+        # nothing and lock nothing)
+        r2 = await wait_for(lambda: offered(pull, "demo"))
         assert [f.id for f in r2.results] == [fid]
         await pull.follow(r2.meta.exit, "exit")  # ack only
-        await asyncio.sleep(0.3)
+        assert state.faxes["demo"][0].acked
+        await wait_for(lambda: unlocked(state.faxes["demo"][0]))
         r3 = await pull.poll("demo", fetch=5)
-        assert r3.results == []  # acknowledged faxes never return
+        assert r3.results == []  # acknowledged faxes never return, even unlocked
     finally:
         await pull.aclose()
 
@@ -256,8 +291,9 @@ async def test_pull_ack_with_ids_parameter_and_wrong_password(sim):
         r = await pull.poll("t2", fetch=1)
         assert r.results[0].id == fid
         await pull.poll("t2", fetch=0, ack_ids=[fid])
-        await asyncio.sleep(0.2)
-        assert (await pull.poll("t2", fetch=1)).results == []
+        assert state.faxes["t2"][0].acked
+        await wait_for(lambda: unlocked(state.faxes["t2"][0]))
+        assert (await pull.poll("t2", fetch=1)).results == []  # acked: never again
         with pytest.raises(NotFound):
             await pull.download(f"{url}/faxin/rest/v1/files/nope.pdf")
     finally:

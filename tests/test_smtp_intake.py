@@ -36,7 +36,7 @@ async def submitted(bridge, job_id: str) -> dict[str, Any]:
             if (j["request"].get("reference") or {}).get("customerDefinedId") == job_id:
                 return j
         return None
-    return await wait_for(find, timeout=15)
+    return await wait_for(find)
 
 
 def docs(job: dict[str, Any]) -> list[tuple[str, bytes, str | None]]:

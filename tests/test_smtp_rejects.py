@@ -185,16 +185,13 @@ async def test_rejections_are_explained_by_the_log_command(office, tmp_path):
     await send(office.smtp_address, mail("+499001234567@fax.local"))
     await send(office.smtp_address, mail(sender="eve@other.example"))
     await flushed(office, 2)
-    import subprocess
-    import sys
-    out = subprocess.run([sys.executable, "-m", "faxbridge", "log", "--failed", "--data-dir",
-                          str(office.cfg.storage.data_dir)], capture_output=True, text=True)
+    from tests.conftest import arun_faxbridge
+    out = await arun_faxbridge("log", "--failed", "--data-dir", str(office.cfg.storage.data_dir))
     assert out.returncode == 0
     assert "blocked by rule 'office'" in out.stdout and "eve@other.example" in out.stdout
     eve = next(line for line in out.stdout.splitlines() if "eve@other.example" in line)
-    show = subprocess.run([sys.executable, "-m", "faxbridge", "log", "show",
-                           eve.split()[0].lstrip("#"), "--data-dir",
-                           str(office.cfg.storage.data_dir)], capture_output=True, text=True)
+    show = await arun_faxbridge("log", "show", eve.split()[0].lstrip("#"), "--data-dir",
+                                str(office.cfg.storage.data_dir))
     assert "from eve@other.example" in show.stdout
     assert ("rcpt +4989123456@fax.local number +4989123456 rule -: 550 5.7.1 Sender "
             "eve@other.example is not allowed to send faxes") in show.stdout

@@ -23,24 +23,37 @@ while True:
                  request={"n": i}, raw=b"x" * 50000, deadline=0, valid_until=0)
     s.create_job(job)
     s.set_job_state(job.id, "submitted", event="submitted", retarus_job_id=f"FJ{i}")
-    print(i, flush=True)
+    print(job.id, flush=True)
 """
 
 
 def test_kill9_during_transactions_leaves_store_consistent(tmp_path):
     db = tmp_path / "s.sqlite3"
+    printed: list[str] = []  # each id is printed after its two transactions committed
     for round_ in range(3):
         p = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE)
-        time.sleep(0.8 + 0.3 * round_)
+        assert p.stdout is not None
+        # kill once it has committed a few jobs in this round: it is then inside the next
+        # one (it loops without pause), whatever the machine's speed
+        for _ in range(3 + 4 * round_):
+            line = p.stdout.readline()
+            assert line.endswith(b"\n"), "the writer died"
+            printed.append(line.decode().strip())
         p.send_signal(signal.SIGKILL)
         p.wait()
+        printed += [x.decode().strip() for x in p.stdout.read().splitlines(keepends=True)
+                    if x.endswith(b"\n")]  # what it printed after our last read
+        p.stdout.close()
         s = Store(db)
         assert s.integrity_check() == "ok"
-        jobs = s.db.query("SELECT id, state FROM jobs")
-        assert jobs, "the writer committed nothing"
-        for row in jobs:  # every committed job is whole: all recipients and documents
-            assert len(s.job_recipients(row["id"])) == 3
-            assert len(s.job_documents(row["id"])) == 4
+        state = {row["id"]: row["state"] for row in s.db.query("SELECT id, state FROM jobs")}
+        # nothing committed is lost ...
+        assert all(state.get(job_id) == "submitted" for job_id in printed)
+        # ... and besides, only the job in flight in each round may be there, unprinted
+        assert len(state) - len(printed) <= round_ + 1
+        for job_id in state:  # every committed job is whole: all recipients and documents
+            assert len(s.job_recipients(job_id)) == 3
+            assert len(s.job_documents(job_id)) == 4
         s.close()
 
 

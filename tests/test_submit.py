@@ -15,10 +15,11 @@ from faxbridge.outbound.submit import NOT_FOUND, UNCONFIRMED
 from faxbridge.store import Store
 from tests.conftest import (
     ALL_SENDERS_TOML,
+    Proc,
     retarus_toml,
+    serve_args,
     sim_jobs,
-    start_bridge_port0,
-    start_simulator_port0,
+    start_simulator,
     wait_for,
 )
 from tests.smtp_client import send, streaming
@@ -50,6 +51,19 @@ async def test_transient_errors_are_retried(make_bridge):
     events = [e["kind"] for e in bridge.store.job_events(t.job_id)]
     assert events.count("deferred") == 2 and job["attempts"] == 3
     assert len(await sim_jobs(bridge.sim_url)) == 1
+
+
+async def test_retry_after_is_honoured(make_bridge):
+    """A 503 with Retry-After (RFC 9110 §10.2.3) defers the job at least that long,
+    although the back-off of a first retry alone would be a few seconds at most."""
+    bridge = await make_bridge()
+    await fault(bridge.sim_url, endpoint="send", count=100, status=503, retry_after=120)
+    before = time.time()
+    t = await send(bridge.smtp_address, mail())
+    job = await state_of(bridge, t.job_id, ("deferred",))
+    assert job["next_attempt"] - before >= 120
+    assert "next try in 120s" in bridge.store.job_events(t.job_id)[-1]["detail"]
+    assert await sim_jobs(bridge.sim_url) == []
 
 
 async def test_permanent_error_fails_at_once_with_reason(make_bridge):
@@ -226,8 +240,7 @@ async def test_cli_refuses_to_release_a_job_still_looked_for_unless_forced(
 
 
 async def test_kill9_while_streaming_every_250_is_submitted_exactly_once(tmp_path, procs):
-    sim = await asyncio.to_thread(start_simulator_port0, procs, tmp_path,
-                                  "--complete-after", "0")
+    sim = await asyncio.to_thread(start_simulator, procs, tmp_path, "--complete-after", "0")
     cfg = tmp_path / "bridge.toml"
     # a quick confirmation pass, so the wait below is short
     cfg.write_text(retarus_toml(sim) + f"""
@@ -241,7 +254,9 @@ report_poll_max_seconds = 1.0
     accepted: list[str] = []
     counter = itertools.count(1)
     for round_ in range(3):
-        bridge, smtp, _ = await asyncio.to_thread(start_bridge_port0, procs, tmp_path, cfg)
+        bridge = Proc(serve_args(cfg), tmp_path)
+        procs.append(bridge)
+        smtp = (await bridge.listening()).smtp
         with streaming(smtp, counter, accepted):
             # kill it in full flow: after some more 250s (more at each round)
             goal = len(accepted) + 5 + 5 * round_
@@ -250,7 +265,8 @@ report_poll_max_seconds = 1.0
     assert len(accepted) > 10, "the stream delivered too little to test anything"
     # Every process that could have sent a fax is dead: what the simulator has of
     # them now is all it will ever have of them.
-    await asyncio.to_thread(start_bridge_port0, procs, tmp_path, cfg)
+    procs.append(last := Proc(serve_args(cfg), tmp_path))
+    await last.listening()
     store = Store(tmp_path / "data" / "faxbridge.sqlite3")
     try:
         snapshot: dict[str, list] = {}
