@@ -21,7 +21,7 @@ while True:
                  documents=[NewDocument(f"d{k}.pdf", "application/pdf", b"%PDF" + bytes(20000))
                             for k in range(4)],
                  request={"n": i}, raw=b"x" * 50000, deadline=0, valid_until=0)
-    s.create_job(job)
+    s.create_jobs([(job, None)])
     s.set_job_state(job.id, "submitted", event="submitted", retarus_job_id=f"FJ{i}")
     print(job.id, flush=True)
 """
@@ -65,10 +65,10 @@ def test_schema_version_and_wal(tmp_path):
     job = NewJob(sender="a@b.c", recipients=[NewRecipient("+491", "1@fax.local")],
                  documents=[NewDocument("a.txt", "text/plain", b"hi", "UTF-8")], request={},
                  raw=b"", deadline=0, valid_until=0)
-    s.create_job(job)
-    assert s.next_job()["id"] == job.id
+    s.create_jobs([(job, None)])
+    assert [r["id"] for r in s.next_jobs(1)] == [job.id]
     assert s.claim_job(job.id) and s.job(job.id)["state"] == "submitting"
-    assert not s.claim_job(job.id) and s.next_job() is None
+    assert not s.claim_job(job.id) and s.next_jobs(1) == []
     # a final state cannot be undone by a late transition guarded with expect=
     s.set_job_state(job.id, "done", event="done")
     assert not s.set_job_state(job.id, "submitted", event="x", expect=("submitting",))

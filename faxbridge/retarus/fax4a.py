@@ -15,7 +15,7 @@ import httpx
 
 from faxbridge.errors import NotFound, Permanent, Transient, Unconfirmed
 from faxbridge.retarus.body import Body
-from faxbridge.retarus.http import check, request
+from faxbridge.retarus.http import check, request, retry_after
 from faxbridge.retarus.models import (
     DeletionList,
     DeletionReport,
@@ -87,7 +87,12 @@ class Fax4AClient:
             except httpx.TransportError as exc:
                 raise Transient(f"send fax: connection to {base} failed: {exc}") from exc
             if resp.status_code == 503:
-                last = Transient(f"send fax: {base} answered 503", status=503)
+                # Keep the server's Retry-After (RFC 9110 §10.2.3): the longest one
+                # asked for by any URL decides when the job is tried again.
+                wait = max(filter(None, (retry_after(resp),
+                                         getattr(last, "retry_after", None))), default=None)
+                last = Transient(f"send fax: {base} answered 503", status=503,
+                                 retry_after=wait)
                 continue
             check(resp, f"send fax via {base}")
             try:
@@ -172,8 +177,3 @@ class Fax4AClient:
         if transient is not None:
             raise transient
         return DeletionReport(jobId=job_id, deleted=False, reason="NOT_FOUND")
-
-    async def delete_oldest(self, base: str) -> list[DeletionReport]:
-        resp = await request(self.http, "DELETE", self._url(base, "/fax/reports"),
-                             f"delete oldest reports at {base}")
-        return DeletionList.model_validate_json(resp.content).reports

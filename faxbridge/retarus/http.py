@@ -7,11 +7,9 @@ Status codes per docs/retarus-wire.md §2.7: 400/404/409 permanent; 401/403 auth
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import random
 import time
-from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import httpx
@@ -72,17 +70,3 @@ def backoff(attempt: int, *, base: float = 1.0, cap: float = 300.0,
     if retry_after_s is not None:
         delay = max(delay, min(retry_after_s, cap))
     return delay
-
-
-async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = 4,
-                       base: float = 0.5, cap: float = 30.0,
-                       sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> T:
-    """Retry `call` on Transient up to `attempts` times; other errors pass through."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return await call()
-        except Transient as exc:
-            if attempt == attempts:
-                raise
-            await sleep(backoff(attempt, base=base, cap=cap, retry_after_s=exc.retry_after))
-    raise AssertionError("unreachable")

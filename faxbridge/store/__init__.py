@@ -116,15 +116,10 @@ class Store:
         self.db.close()
 
     # ---------------------------------------------------------------- jobs
-    def create_job(self, job: NewJob, log: SmtpLogRecord | None = None) -> str:
-        """Commit the message, its job, recipients, documents and (optionally) the
-        SMTP log record in one transaction: the 250 may be sent when this returns."""
-        self.create_jobs([(job, log)])
-        return job.id
-
     def create_jobs(self, batch: list[tuple[NewJob, SmtpLogRecord | None]]) -> None:
-        """Group commit: several accepted mails in one transaction (one fsync).
-        All or none are committed; the caller answers each SMTP client after this."""
+        """Commit each accepted message with its job, recipients, documents and SMTP
+        log record; several mails in one transaction (group commit: one fsync). All
+        or none are committed; the caller answers each SMTP client after this."""
         now = time.time()
         try:
             with self.db.tx() as c:
@@ -172,14 +167,6 @@ class Store:
     def add_event(self, job_id: str, kind: str, detail: str = "") -> None:
         with self.db.tx() as c:
             self._event(c, job_id, kind, detail)
-
-    def next_job(self, now: float | None = None) -> sqlite3.Row | None:
-        """The next queued (or due deferred) job, without claiming it."""
-        now = time.time() if now is None else now
-        rows = self.db.query(
-            "SELECT * FROM jobs WHERE state IN ('queued','deferred') AND next_attempt<=? "
-            "ORDER BY next_attempt, created LIMIT 1", (now,))
-        return rows[0] if rows else None
 
     def next_jobs(self, limit: int, exclude: set[str] | frozenset[str] = frozenset(),
                   now: float | None = None) -> list[sqlite3.Row]:
