@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -25,6 +25,7 @@ from faxbridge.retarus.fax4a import Fax4AClient, Fax4AEndpoints, make_client
 from faxbridge.simulator.app import SimState, build_app
 from faxbridge.web.server import HttpServer
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -135,6 +136,17 @@ async def wait_for(pred: Callable[[], Any], timeout: float = 30.0, interval: flo
             return value
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met in {timeout} s")
+
+
+def wait_until(pred: Callable[[], T | None], timeout: float, what: str) -> T:
+    """wait_for for synchronous tests: poll `pred` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 def run_faxbridge(*args: str, text: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -85,16 +85,20 @@ data_dir = "{data}"
                 return all(f["acked"] for f in (await c.get(f"{url}/_sim/inbound")).json())
         await wait_for(all_acked, timeout=60)
 
-        def settled() -> bool:
+        async def settled() -> bool:
             """Nothing more can be sent or mailed: every job is final or held (a report
-            is queued in the transaction that finishes its job), every fax is delivered
-            (and acked above, so never offered again), no mail waits."""
-            rows = store.db.query("SELECT state FROM jobs")
+            is queued in the transaction that finishes its job), no held job is one the
+            simulator has (those the confirmation pass must find and promote), every
+            fax is delivered (and acked above, so never offered again), no mail waits."""
+            rows = store.db.query("SELECT id, state FROM jobs")
             faxes = store.db.query("SELECT state FROM inbound")
             mails = store.db.query("SELECT state FROM mail_out")
-            return (all(r["state"] in ("held", "done", "failed") for r in rows)
+            if not (all(r["state"] in ("held", "done", "failed") for r in rows)
                     and all(f["state"] == "delivered" for f in faxes)
-                    and all(m["state"] != "queued" for m in mails))
+                    and all(m["state"] != "queued" for m in mails)):
+                return False
+            at_sim = {j["request"]["reference"]["customerDefinedId"] for j in await sim_jobs(url)}
+            return not any(r["state"] == "held" and r["id"] in at_sim for r in rows)
         await wait_for(settled, timeout=60)
         assert store.integrity_check() == "ok"
 

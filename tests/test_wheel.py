@@ -17,20 +17,18 @@ import signal
 import smtplib
 import subprocess
 import sys
-import time
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from faxbridge.simulator.pdf import tiny_pdf
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 
-T = TypeVar("T")
 BIN = "Scripts" if os.name == "nt" else "bin"
 
 
@@ -77,16 +75,6 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Venv:
     v = Venv(base / "venv", wheel)
     run([v.exe("python"), "-m", "pip", "install", "-q", str(wheel)], timeout=900, env=v.env)
     return v
-
-
-def wait_until(pred: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 def test_the_wheel_holds_every_package_the_templates_and_the_example(venv):
