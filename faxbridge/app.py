@@ -357,10 +357,6 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
     except BaseException:
         await bridge.stop(grace=0)
         raise
-    addrs = bridge.addresses()
-    print_fn(f"faxbridge listening: SMTP {addrs.get('smtp')}, HTTP {addrs.get('http')}"
-             + (f", simulator {addrs['simulator']}" if "simulator" in addrs else ""))
-    print_fn(f"data directory: {cfg.storage.data_dir.resolve()}")
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
     signals = {"count": 0}
@@ -404,6 +400,13 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
         loop.add_signal_handler(signal.SIGHUP,
                                 lambda: asyncio.ensure_future(do_reload("SIGHUP")))
         watcher = asyncio.create_task(watch())
+    # Announced only once the signal handlers are in place: a supervisor (or a test)
+    # that sends SIGHUP/SIGTERM as soon as it reads this line must not kill the
+    # process with the signal's default action.
+    addrs = bridge.addresses()
+    print_fn(f"faxbridge listening: SMTP {addrs.get('smtp')}, HTTP {addrs.get('http')}"
+             + (f", simulator {addrs['simulator']}" if "simulator" in addrs else ""))
+    print_fn(f"data directory: {cfg.storage.data_dir.resolve()}")
     try:
         await done.wait()
     finally:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from faxbridge.app import Bridge
-from tests.conftest import ALL_SENDERS_TOML, Proc, wait_for
+from tests.conftest import ALL_SENDERS_TOML, Proc
 
 # Variables a case may need unset, whatever the developer's shell holds.
 UNSET = ("FAXBRIDGE_RETARUS_PASSWORD", "FB_TEST_RELAY_PW", "FB_TEST_PULL_PW")
@@ -289,12 +289,10 @@ async def test_sighup_with_a_broken_certificate_keeps_serving(tmp_path, certs, p
     bridge = Proc(["serve", "--config", str(cfg), "--data-dir", str(tmp_path / "data"),
                    "--smtp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"], tmp_path)
     procs.append(bridge)
-    text = await asyncio.to_thread(bridge.wait_output, "faxbridge listening")
-    address = text.split("SMTP ", 1)[1].split(",", 1)[0]
+    address = (await bridge.listening()).smtp
     cfg.write_text(tls_toml(certs.cert, certs.other_key) + ALL_SENDERS_TOML)
     bridge.p.send_signal(signal.SIGHUP)
-    await wait_for(lambda: "refused" in bridge.log.read_text(), timeout=15)
-    log = bridge.log.read_text()
+    log = await bridge.output_seen("reload refused")
     assert (f"reload refused, keeping the running config: smtp.tls_key: {certs.other_key}: "
             "the key does not match") in log
     assert "Traceback" not in log
