@@ -184,6 +184,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 def _rate_counts(cfg: config_mod.Config, args: argparse.Namespace) -> tuple[dict[str, int], str]:
     """The sender's faxes in the last hour and day, from the store when there is one
     (the listener counts the same rows); else zero, and the output says so."""
+    from faxbridge.intake.accept import WINDOWS, envelope_address
     from faxbridge.store import Store
     data_dir = Path(args.data_dir) if args.data_dir else cfg.storage.data_dir
     db = data_dir / "faxbridge.sqlite3"
@@ -191,9 +192,9 @@ def _rate_counts(cfg: config_mod.Config, args: argparse.Namespace) -> tuple[dict
         return {}, f"no store at {db}: counted as 0 faxes"
     store = Store(db)
     try:
-        now, sender = time.time(), args.sender.lower()
-        counts = {"hour": store.count_jobs_since(sender, now - 3600),
-                  "day": store.count_jobs_since(sender, now - 86400)}
+        now, sender = time.time(), (envelope_address(args.sender) or "").lower()
+        counts = {label: store.count_jobs_since(sender, now - seconds)
+                  for label, seconds in WINDOWS}
     finally:
         store.close()
     return counts, (f"counted in {db}: {counts['hour']} fax(es) in the last hour, "

@@ -11,7 +11,9 @@ functions in the same order (`simulate`) and prints the steps, so the admin's
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from email._header_value_parser import get_angle_addr
+from email.errors import HeaderParseError
 from typing import Any
 
 from faxbridge import replies
@@ -103,9 +105,26 @@ class MailState:
             self.numbers.append((d.number, address, d.pretty or d.number))
 
 
+# The rate windows a sender rule can limit: (label, seconds).
+WINDOWS = (("hour", 3600), ("day", 86400))
+
+
 def rate_windows(rule: SenderRule) -> tuple[Window, ...]:
-    return tuple(Window(label, seconds, limit) for limit, seconds, label in (
-        (rule.max_per_hour, 3600, "hour"), (rule.max_per_day, 86400, "day")) if limit)
+    limits = {"hour": rule.max_per_hour, "day": rule.max_per_day}
+    return tuple(Window(label, seconds, limits[label]) for label, seconds in WINDOWS
+                 if limits[label])
+
+
+def envelope_address(text: str) -> str | None:
+    """The address the listener's protocol layer hands on for `MAIL FROM:<text>` /
+    `RCPT TO:<text>` (aiosmtpd parses it as RFC 5322 angle-addr: a parenthesised
+    part is a comment and dropped, a local part with spaces comes quoted, the null
+    sender is '<>'); None where it answers 553 malformed address."""
+    try:
+        addr, rest = get_angle_addr(f"<{text}>")
+    except HeaderParseError:
+        return None
+    return addr.addr_spec if not rest else None
 
 
 # ----------------------------------------------------------------- session
@@ -283,16 +302,27 @@ def simulate(cfg: Config, *, peer: str | None, sender: str, recipients: Sequence
     transaction's state. `counts`: the sender's faxes per rate window label (the
     caller reads them from the store; missing windows count as 0)."""
     client, session = login(cfg, peer, user, tls)
-    m = mail(cfg, client, sender)
+    address = envelope_address(sender)
+    if address is None:
+        return Route(session, Decision(replies.S553_MALFORMED,
+                                       (f"{sender!r} is not an SMTP address",)), [])
+    m = mail(cfg, client, address)
     route = Route(session, m, [])
     if not m.accepted:
         return route  # the listener answers 503 to every RCPT after a refused MAIL
-    state = MailState(sender, client)
-    for address in recipients:
-        d = recipient(cfg, state, address)
-        if d.pending:
-            d = recipient(cfg, state, address, {w.label: (counts or {}).get(w.label, 0)
-                                                for w in d.pending})
-        state.record(address, d)
-        route.recipients.append((address, d))
+    state = MailState(address, client)
+    for text in recipients:
+        address = envelope_address(text)
+        if address is None:
+            d = Decision(replies.S553_MALFORMED, (f"{text!r} is not an SMTP address",))
+        else:
+            d = recipient(cfg, state, address)
+            if d.pending:
+                d = recipient(cfg, state, address, {w.label: (counts or {}).get(w.label, 0)
+                                                    for w in d.pending})
+            if address != text:
+                d = replace(d, steps=(f"the listener reads {text!r} as {address!r} "
+                                      "(SMTP address syntax)", *d.steps))
+            state.record(address, d)
+        route.recipients.append((text, d))
     return route
