@@ -110,6 +110,9 @@ ISSUE = Case(rules=[{"name": "office", "match": ["*@example.com"]}], networks=["
              sender="alice@example.com", tls=False, auth="none",
              recipients=["+4989123456@fax.local"])
 
+TRUSTED = replace(ISSUE, peer="127.0.0.1")
+LIMITED = {"name": "limited", "match": ["*@example.com"], "max_per_hour": 1}
+
 
 def config_for(base: dict[str, Any], case: Case) -> Config:
     data = json.loads(json.dumps(base, default=str))
@@ -204,6 +207,13 @@ async def test_route_decides_like_the_listener(tls_bridge):
                           rules=[{"name": "scan", "match": ["user:scanner"]}]))
     @example(case=replace(ISSUE, networks=[], users=True, auth="good", auth_require_tls=False))
     @example(case=replace(ISSUE, networks=[], users=True, auth="wrong-password", tls=True))
+    @example(case=replace(TRUSTED, max_recipients=2, recipients=[  # duplicates, then too many
+        "+4989123456@fax.local", "089123456@fax.local", "+4930123456@fax.local"]))
+    @example(case=replace(TRUSTED, recipients=[  # premium rate, bad numbers, relaying
+        "+499001234567@fax.local", "+49891@fax.local", "12ab34@fax.local", "a@gmail.com"]))
+    @example(case=replace(TRUSTED, sender="Carol@Example.com", rules=[LIMITED]))
+    @example(case=replace(TRUSTED, sender="carol@example.COM", rules=[LIMITED],
+                          recipients=["+33123456789@fax.local"]))  # over the limit: 450
     def check(case: Case) -> None:
         cfg = config_for(base, case)
         on_loop(bridge.reload(cfg))
