@@ -295,3 +295,22 @@ async def test_route_counts_rate_limits_in_the_store(make_bridge):
     assert listener.rcpt[0][0] == 450
     assert after.returncode == 1
     assert after.stdout.splitlines()[-1] == f"defer {listener.rcpt[0][0]} {listener.rcpt[0][1]}"
+
+
+def test_one_number_normaliser_for_reports_and_received_faxes():
+    """Report entries and received faxes' numbers are read by intake.numbers, the
+    module that reads recipient addresses: every spelling of a number is the same."""
+    from faxbridge.config import Mailbox, Topic
+    from faxbridge.inbound.deliver import addresses_for
+    from faxbridge.intake.numbers import parse_number, pretty, same_number
+    e164 = parse_number("089 1234567-8900", "DE").number
+    for spelling in ("+49 89 1234567-8900", "0049891234567 8900", e164):
+        assert same_number(spelling, e164), spelling
+    assert not same_number("+4930555", e164) and not same_number("", "")
+    assert pretty(e164) == parse_number(e164, "DE").pretty == "+49 89 12345678900"
+    assert pretty("unknown") == "unknown"
+    topic = Topic(name="t", addresses=("all@example.com",),
+                  numbers=(Mailbox(number="+49 30 555", addresses=("boss@example.com",)),))
+    for called in ("+4930555", "004930555", "+49 (30) 555"):
+        assert addresses_for(topic, {"calledNumber": called}) == ["boss@example.com"], called
+    assert addresses_for(topic, {"calledNumber": "+4930556"}) == ["all@example.com"]
