@@ -23,7 +23,7 @@ from faxbridge.intake.mime import extract
 from faxbridge.intake.numbers import parse_number, split_address
 from faxbridge.intake.slim import header_block
 from faxbridge.intake.subject import decode_subject, header_line
-from faxbridge.outbound.request import request_skeleton
+from faxbridge.outbound.request import fax_options
 from faxbridge.store import NewDocument, NewJob, NewRecipient, SmtpLogRecord, new_job_id
 
 if TYPE_CHECKING:
@@ -168,16 +168,13 @@ class FaxHandler:
             recipients=[NewRecipient(n, a, d) for n, a, d, _ in fax],
             documents=[NewDocument(d.name, d.content_type, d.data, d.charset)
                        for d in ext.documents],
-            request={},
+            options=fax_options(cfg, rule),
             raw=raw,
             deadline=now + cfg.fax.submit_deadline_seconds,
             valid_until=now + cfg.fax.job_valid_seconds,
             auth_user=getattr(session, "fb_user", None),
             message_id=ext.message_id, subject=subject, rule=rule.name, header=header,
             notify=rule.notify, attach_documents=rule.attach_documents, id=job_id)
-        job.request = request_skeleton(cfg, rule, job.id, header,
-                                       [(n, d) for n, _, d, _ in fax],
-                                       self.bridge.push_url())
         rec.reply = decision.reply
         rec.ok = True
         rec.timings["total_before_commit_ms"] = round((time.perf_counter() - tx.started)
