@@ -163,47 +163,42 @@ def cmd_simulator(args: argparse.Namespace) -> int:
 
 
 def cmd_route(args: argparse.Namespace) -> int:
-    from faxbridge.intake.numbers import parse_number, split_address
-    from faxbridge.intake.rules import Who, destination_allowed, find_rule, matching_pattern
+    """What the listener would answer this transaction: the accept path's own functions."""
+    from faxbridge.intake.accept import simulate
     cfg = _load(args.config)
-    steps: list[str] = []
-    verdict = "accept"
-    local, domain = split_address(args.to)
-    who = Who(sender=args.sender.lower(), auth_user=args.user, peer_ip=args.peer)
-    out: dict[str, Any] = {"from": args.sender, "to": args.to}
-    if domain not in cfg.fax.domains:
-        verdict = f"reject 550 5.7.1: {domain} is not a fax domain ({', '.join(cfg.fax.domains)})"
-    else:
-        steps.append(f"domain {domain} is a fax domain")
-        parsed = parse_number(local, cfg.fax.default_country)
-        if not parsed.ok:
-            verdict = f"reject 553 5.1.3: {parsed.error}"
-        else:
-            out["number"] = parsed.number
-            steps.append(f"number {local!r} → {parsed.number} ({parsed.pretty})")
-            rule = find_rule(cfg.senders, who)
-            if rule is None:
-                verdict = f"reject 550 5.7.1: no sender rule matches {args.sender}"
-                steps.append("rules tried: " + ", ".join(r.name for r in cfg.senders))
-            else:
-                out["rule"] = rule.name
-                steps.append(f"sender rule '{rule.name}' matches by "
-                             f"{matching_pattern(rule, who)!r}")
-                ok, why = destination_allowed(rule, parsed.number)
-                steps.append(f"destination {why}")
-                if not ok:
-                    verdict = f"reject 550 5.7.1: blocked by rule '{rule.name}': {why}"
-                else:
-                    steps.append(f"billing code {rule.billing_code or '-'}, body {rule.body}, "
-                                 f"notify {rule.notify}")
-    out["steps"], out["verdict"] = steps, verdict
+    counts, source = _rate_counts(cfg, args)
+    route = simulate(cfg, peer=args.peer, sender=args.sender, recipients=args.to,
+                     user=args.user, tls=args.tls, counts=counts)
+    out = {"from": args.sender, "to": args.to[0] if len(args.to) == 1 else args.to,
+           "rate_counts": source, **route.as_dict()}
     if args.json:
         _print_json(out)
     else:
-        for s in steps:
+        print(f"  rate limits: {source}")
+        for s in route.steps():
             print("  " + s)
-        print(verdict)
-    return 0 if verdict == "accept" else 1
+        print(route.verdict)
+    return 0 if route.ok else 1
+
+
+def _rate_counts(cfg: config_mod.Config, args: argparse.Namespace) -> tuple[dict[str, int], str]:
+    """The sender's faxes in the last hour and day, from the store when there is one
+    (the listener counts the same rows); else zero, and the output says so."""
+    from faxbridge.intake.accept import WINDOWS, envelope_address
+    from faxbridge.store import Store
+    data_dir = Path(args.data_dir) if args.data_dir else cfg.storage.data_dir
+    db = data_dir / "faxbridge.sqlite3"
+    if not db.exists():
+        return {}, f"no store at {db}: counted as 0 faxes"
+    store = Store(db)
+    try:
+        now, sender = time.time(), (envelope_address(args.sender) or "").lower()
+        counts = {label: store.count_jobs_since(sender, now - seconds)
+                  for label, seconds in WINDOWS}
+    finally:
+        store.close()
+    return counts, (f"counted in {db}: {counts['hour']} fax(es) in the last hour, "
+                    f"{counts['day']} in the last day")
 
 
 def cmd_log(args: argparse.Namespace) -> int:
@@ -445,9 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = with_config(sub.add_parser("route", help="explain a routing decision"))
     s.add_argument("--from", dest="sender", required=True, metavar="ADDR")
-    s.add_argument("--to", required=True, metavar="ADDR")
-    s.add_argument("--user", help="SMTP AUTH user")
+    s.add_argument("--to", required=True, action="append", metavar="ADDR",
+                   help="recipient (repeat for several, in RCPT order)")
+    s.add_argument("--user", help="SMTP AUTH user (as if logged in with the right password)")
     s.add_argument("--peer", default="127.0.0.1", help="client IP (default 127.0.0.1)")
+    s.add_argument("--tls", action="store_true", help="the client did STARTTLS")
+    s.add_argument("--data-dir", help="where to count the sender's faxes for rate limits")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_route)
 

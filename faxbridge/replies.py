@@ -25,3 +25,5 @@ S550_DEST = "550 5.7.1 Fax number {number} is blocked by rule '{rule}': {why}"
 S553_NUMBER = "553 5.1.3 Bad fax number in <{address}>: {why}"
 S554_NOTHING = "554 5.6.1 Nothing to fax in this mail: {why}"
 S554_BAD_MIME = "554 5.6.0 The mail could not be read: {why}"
+# aiosmtpd's own reply to an address it cannot parse (the handler never sees it)
+S553_MALFORMED = "553 5.1.3 Error: malformed address"

@@ -20,7 +20,7 @@ while True:
     job = NewJob(sender="a@example.com", recipients=[NewRecipient("+4989123456", "x@fax.local")] * 3,
                  documents=[NewDocument(f"d{k}.pdf", "application/pdf", b"%PDF" + bytes(20000))
                             for k in range(4)],
-                 request={"n": i}, raw=b"x" * 50000, deadline=0, valid_until=0)
+                 options={"n": i}, raw=b"x" * 50000, deadline=0, valid_until=0)
     s.create_jobs([(job, None)])
     s.set_job_state(job.id, "submitted", event="submitted", retarus_job_id=f"FJ{i}")
     print(job.id, flush=True)
@@ -63,7 +63,7 @@ def test_schema_version_and_wal(tmp_path):
     assert s.db.query("PRAGMA synchronous")[0][0] == 2  # FULL
     assert s.db.query("PRAGMA user_version")[0][0] >= 1
     job = NewJob(sender="a@b.c", recipients=[NewRecipient("+491", "1@fax.local")],
-                 documents=[NewDocument("a.txt", "text/plain", b"hi", "UTF-8")], request={},
+                 documents=[NewDocument("a.txt", "text/plain", b"hi", "UTF-8")], options={},
                  raw=b"", deadline=0, valid_until=0)
     s.create_jobs([(job, None)])
     assert [r["id"] for r in s.next_jobs(1)] == [job.id]
@@ -89,7 +89,7 @@ def test_migration_moves_stored_messages_out_of_jobs(tmp_path):
     keeps every message when opened by this one."""
     import sqlite3
 
-    from faxbridge.store.db import MIGRATIONS, _statements
+    from faxbridge.store.db import MIGRATIONS, SCHEMA_VERSION, _statements
     path = tmp_path / "old.sqlite3"
     old = sqlite3.connect(path, isolation_level=None)
     for script in MIGRATIONS[:2]:
@@ -100,7 +100,7 @@ def test_migration_moves_stored_messages_out_of_jobs(tmp_path):
                 "valid_until) VALUES ('J1','done',0,0,'a@b.c','{}',?,0,0)", (b"From: a\r\n",))
     old.close()
     s = Store(path)
-    assert s.db.query("PRAGMA user_version")[0][0] == 3
+    assert s.db.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION
     assert s.job_raw("J1") == b"From: a\r\n"
     assert "raw" not in dict(s.job("J1"))  # the column is gone
     s.close()

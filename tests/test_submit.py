@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import subprocess
 import sys
 import time
@@ -307,3 +308,70 @@ report_poll_max_seconds = 1.0
         assert len(held) <= 3 * 8, f"more held jobs than claims in flight: {held}"
     finally:
         store.close()
+
+
+async def test_request_is_built_from_the_stored_job(make_bridge):
+    """The Fax4A request is built at submission from the job's stored facts: the sender
+    rule's options (as resolved when the mail was accepted), header and recipients."""
+    bridge = await make_bridge(fax={"resolution": "LOW"}, senders=[{
+        "name": "office", "match": ["net:127.0.0.0/8"], "billing_code": "cost-7",
+        "options": {"express": True, "blacklist": False, "csid": "ACME FAX",
+                    "paper_format": "LETTER"}}])
+    t = await send(bridge.smtp_address, mail(3))
+    assert t.data[0] == 250
+    job = await wait_for(lambda: _sim_job(bridge, t.job_id))
+    req = job["request"]
+    assert req["reference"] == {"customerDefinedId": t.job_id, "billingCode": "cost-7"}
+    assert req["transportOptions"] == {"isExpress": True, "isBlacklistEnabled": False,
+                                       "csid": "ACME FAX"}
+    assert req["renderingOptions"] == {"paperFormat": "LETTER", "resolution": "LOW",
+                                       "header": "m3"}
+    assert [r["number"] for r in req["recipients"]] == ["+4989123456"]
+    stored = json.loads(bridge.store.job(t.job_id)["options_json"])
+    assert stored["billing_code"] == "cost-7" and stored["resolution"] == "LOW"
+
+
+async def _sim_job(bridge, job_id: str):
+    for j in await sim_jobs(bridge.sim_url):
+        if (j["request"].get("reference") or {}).get("customerDefinedId") == job_id:
+            return j
+    return None
+
+
+async def test_job_queued_by_an_earlier_version_is_sent_with_its_stored_request(make_bridge,
+                                                                              tmp_path):
+    """A job an earlier version queued with its request stored as JSON (schema 3) is sent
+    after the upgrade with everything that request held."""
+    import sqlite3
+
+    from faxbridge.store.db import MIGRATIONS, _statements
+    data = tmp_path / "data"
+    data.mkdir()
+    old = sqlite3.connect(data / "faxbridge.sqlite3", isolation_level=None)
+    for script in MIGRATIONS[:3]:
+        for stmt in _statements(script):
+            old.execute(stmt)
+    old.execute("PRAGMA user_version=3")
+    now = time.time()
+    request = {  # as the earlier version's request_skeleton wrote it
+        "reference": {"customerDefinedId": "J1", "billingCode": "cost-42"},
+        "recipients": [{"number": "+4989123456",
+                        "properties": [{"key": "ToName", "value": "Jane Roe"}]}],
+        "transportOptions": {"isExpress": True, "isBlacklistEnabled": False, "csid": "ACME"},
+        "renderingOptions": {"paperFormat": "LETTER", "resolution": "LOW",
+                             "header": "Old header", "coverpageTemplate": "cover.ftl"}}
+    old.execute("INSERT INTO jobs (id,state,created,updated,sender,rule,header,request_json,"
+                "deadline,valid_until) VALUES ('J1','queued',?,?,'alice@example.com','office',"
+                "'Old header',?,?,?)", (now, now, json.dumps(request), now + 3600, now + 86400))
+    old.execute("INSERT INTO job_recipients (job_id,idx,number,address,display_name) "
+                "VALUES ('J1',0,'+4989123456','+4989123456@fax.local','Jane Roe')")
+    old.execute("INSERT INTO job_documents (job_id,idx,name,content_type,charset,data) "
+                "VALUES ('J1',0,'mail-body.txt','text/plain','UTF-8',?)", (b"hello",))
+    old.execute("INSERT INTO job_messages (job_id,raw) VALUES ('J1',?)", (b"From: a\r\n",))
+    old.close()
+    bridge = await make_bridge()  # on tmp_path / "data": the old store
+    job = await wait_for(lambda: _sim_job(bridge, "J1"))
+    sent = job["request"]
+    for key in ("reference", "recipients", "transportOptions", "renderingOptions"):
+        assert sent[key] == request[key], key
+    assert "request_json" not in dict(bridge.store.job("J1"))

@@ -10,9 +10,8 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-import phonenumbers
-
 from faxbridge.aio import wait_event
+from faxbridge.intake import numbers
 from faxbridge.mail.compose import ComposeError
 
 if TYPE_CHECKING:
@@ -43,20 +42,13 @@ def meta_value(meta: dict[str, Any], what: str) -> Any:
 
 
 def pretty(number: Any) -> str | None:
-    if not number:
-        return None
-    try:
-        return phonenumbers.format_number(phonenumbers.parse(str(number), None),
-                                          phonenumbers.PhoneNumberFormat.INTERNATIONAL)
-    except phonenumbers.NumberParseException:
-        return str(number)
+    return numbers.pretty(number) if number else None
 
 
 def addresses_for(topic: Topic, meta: dict[str, Any]) -> list[str]:
     called = meta_value(meta, "called")
-    digits = re.sub(r"\D", "", str(called or ""))
     for mb in topic.numbers:
-        if digits and re.sub(r"\D", "", mb.number) == digits:
+        if numbers.same_number(called, mb.number):
             return list(mb.addresses)
     return list(topic.addresses)
 

@@ -1,7 +1,10 @@
-"""Recipient address → E.164 fax number, with the `phonenumbers` library.
+"""Phone numbers: the project's one place that reads, compares and formats them
+(with the `phonenumbers` library).
 
-The local part is the number: +4989123456, 004989123456 (international prefix of
-the default country), national 089123456; separators - . ( ) / are allowed.
+Recipient address → E.164 fax number: the local part is the number: +4989123456,
+004989123456 (international prefix of the default country), national 089123456;
+separators - . ( ) / are allowed. Numbers others write (Retarus reports, received
+faxes' metadata) are compared by `same_number` and shown by `pretty`.
 """
 
 from __future__ import annotations
@@ -49,3 +52,26 @@ def parse_number(local: str, default_country: str) -> Parsed:
                                     f"+{num.country_code} ({region})"))
     pretty = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
     return Parsed(True, number=e164, pretty=pretty)
+
+
+def pretty(number: object) -> str:
+    """An international number for humans (+49 89 123456); as given when it is not one."""
+    text = str(number)
+    try:
+        return phonenumbers.format_number(phonenumbers.parse(text, None),
+                                          phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    except phonenumbers.NumberParseException:
+        return text
+
+
+def digits(number: object) -> str:
+    """The comparison key of an international number as others write it: its digits,
+    without the international prefix 00 ('+49 89 1234567-8900', '0049891234567 8900'
+    and '+49891234567 8900' are the same number)."""
+    d = re.sub(r"\D", "", str(number or ""))
+    return d[2:] if d.startswith("00") else d
+
+
+def same_number(a: object, b: object) -> bool:
+    key = digits(a)
+    return bool(key) and key == digits(b)

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import phonenumbers
-
+from faxbridge.intake.numbers import pretty
 from faxbridge.outbound.statuses import explain
 
 if TYPE_CHECKING:
     import sqlite3
 
     from faxbridge.mail.compose import Composer
-
-
-def pretty(number: str) -> str:
-    try:
-        return phonenumbers.format_number(phonenumbers.parse(number),
-                                          phonenumbers.PhoneNumberFormat.INTERNATIONAL)
-    except phonenumbers.NumberParseException:
-        return number
 
 
 def event_for(results: list[dict[str, Any]], submitted: bool) -> str:

@@ -1,11 +1,17 @@
-"""Build the FaxJobRequest for a job (pure). Document data is kept out of the
-stored request and added from job_documents at submit time, as a body that is
-base64-encoded while it is sent (never whole in memory)."""
+"""Build the FaxJobRequest for a job (pure), at submission time, from the stored job.
+
+At accept time only the sender rule's resolved fax options are stored with the job
+(`fax_options`); the request is built when the job is sent (`job_request`), so what
+belongs to the running bridge (the status push URL) is current, and the store keeps
+facts rather than a serialised request. Document data is added from job_documents
+at submit time, as a body that is base64-encoded while it is sent (never whole in
+memory)."""
 
 from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from faxbridge.config import Config, SenderRule
@@ -13,34 +19,46 @@ from faxbridge.retarus.body import Body
 from faxbridge.retarus.models import FaxJobRequest
 
 
-def request_skeleton(cfg: Config, rule: SenderRule, job_id: str, header: str,
-                     recipients: list[tuple[str, str | None]],
-                     push_url: str | None = None) -> dict[str, Any]:
-    """Everything but the documents. `recipients` = [(e164, display name)]."""
+def fax_options(cfg: Config, rule: SenderRule) -> dict[str, Any]:
+    """The options a job is sent with, fixed when it is accepted: the rule's own,
+    else the fax section's (a later config change does not alter an accepted job)."""
     opts = rule.options
+    return {"billing_code": rule.billing_code, "express": opts.express,
+            "blacklist": opts.blacklist,
+            "paper_format": opts.paper_format or cfg.fax.paper_format,
+            "resolution": opts.resolution or cfg.fax.resolution,
+            "csid": opts.csid or cfg.fax.csid or None,
+            "cover_page_template": opts.cover_page_template or cfg.fax.cover_page_template}
+
+
+def job_request(cfg: Config, job: Mapping[str, Any], recipients: Sequence[Mapping[str, Any]],
+                push_url: str | None = None) -> dict[str, Any]:
+    """The FaxJobRequest of a stored job, everything but the documents: its options,
+    header and recipients (number, display name) as stored, the push URL as now."""
+    opts = json.loads(job["options_json"])
     req: dict[str, Any] = {
         # The bridge's own id travels as customerDefinedId so a job caught by a
         # crash between POST and commit can be found again (docs/retarus-wire.md §2.1: customerDefinedId).
-        "reference": {"customerDefinedId": job_id},
+        "reference": {"customerDefinedId": job["id"]},
         "recipients": [
-            {"number": num, **({"properties": [{"key": "ToName", "value": name[:100]}]}
-                               if name else {})}
-            for num, name in recipients],
-        "transportOptions": {"isExpress": opts.express,
-                             "isBlacklistEnabled": opts.blacklist},
-        "renderingOptions": {"paperFormat": opts.paper_format or cfg.fax.paper_format,
-                             "resolution": opts.resolution or cfg.fax.resolution},
+            {"number": r["number"],
+             **({"properties": [{"key": "ToName", "value": r["display_name"][:100]}]}
+                if r["display_name"] else {})}
+            for r in recipients],
+        "transportOptions": {"isExpress": bool(opts.get("express")),
+                             "isBlacklistEnabled": bool(opts.get("blacklist", True))},
+        # a row migrated from a stored request always has both; the fallback is for safety
+        "renderingOptions": {"paperFormat": opts.get("paper_format") or cfg.fax.paper_format,
+                             "resolution": opts.get("resolution") or cfg.fax.resolution},
     }
-    if rule.billing_code:
-        req["reference"]["billingCode"] = rule.billing_code
-    csid = opts.csid or cfg.fax.csid
-    if csid:
-        req["transportOptions"]["csid"] = csid
-    if header:
-        req["renderingOptions"]["header"] = header
-    cover = opts.cover_page_template or cfg.fax.cover_page_template
-    if cover:
-        req["renderingOptions"]["coverpageTemplate"] = cover
+    if opts.get("billing_code"):
+        req["reference"]["billingCode"] = opts["billing_code"]
+    if opts.get("csid"):
+        req["transportOptions"]["csid"] = opts["csid"]
+    if job["header"]:
+        req["renderingOptions"]["header"] = job["header"]
+    if opts.get("cover_page_template"):
+        req["renderingOptions"]["coverpageTemplate"] = opts["cover_page_template"]
     if push_url:
         push: dict[str, Any] = {"targetUrl": push_url, "authMethod": "HTTP_BASIC",
                                 "principal": cfg.retarus.push_username}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import Counter
@@ -19,7 +18,7 @@ from pydantic import ValidationError
 
 from faxbridge.aio import wait_event
 from faxbridge.errors import AuthError, FaxbridgeError, Permanent, Transient, Unconfirmed
-from faxbridge.outbound.request import submission_body
+from faxbridge.outbound.request import job_request, submission_body
 from faxbridge.retarus.http import backoff
 
 if TYPE_CHECKING:
@@ -108,9 +107,12 @@ class Submitter:
         assert store is not None and fax4a is not None
         job_id = job["id"]
         docs = await self.bridge.db(store.job_documents, job_id)
+        recipients = await self.bridge.db(store.job_recipients, job_id)
         push_secret = self.bridge.push_secret
         try:
-            body = submission_body(with_validity(json.loads(job["request_json"]), job),
+            # built now from the stored job (not at accept time): the push URL is current
+            request = job_request(self.bridge.cfg, job, recipients, self.bridge.push_url())
+            body = submission_body(with_validity(request, job),
                                    [(d["name"], d["charset"], d["data"]) for d in docs],
                                    push_secret)
         except ValidationError as exc:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from typing import TYPE_CHECKING, Any
 
 from faxbridge.errors import AuthError, NotFound, Transient
+from faxbridge.intake.numbers import same_number
 from faxbridge.mail.compose import ComposeError
 from faxbridge.outbound.report import build_report, event_for, wanted
 from faxbridge.retarus.models import FaxReport
@@ -23,18 +23,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("faxbridge.track")
 
 
-def _digits(number: str | None) -> str:
-    d = re.sub(r"\D", "", number or "")
-    return d[2:] if d.startswith("00") else d
-
-
 def match_results(recipients: list[sqlite3.Row], report: FaxReport) -> list[dict[str, Any]]:
     """Pair report entries with our recipients: by number (the report may format it,
     e.g. '+49 89 1234567-8900'), else by position."""
     statuses = list(report.recipientStatus)
     out = []
     for i, r in enumerate(recipients):
-        hit = next((s for s in statuses if _digits(s.number) == _digits(r["number"])), None)
+        hit = next((s for s in statuses if same_number(s.number, r["number"])), None)
         if hit is None and i < len(report.recipientStatus):
             hit = report.recipientStatus[i]
         if hit is not None and hit in statuses:

@@ -18,13 +18,13 @@ from aiosmtpd.smtp import Envelope, Session
 
 from faxbridge import replies
 from faxbridge.errors import StoreError
+from faxbridge.intake import accept
 from faxbridge.intake.mime import extract
 from faxbridge.intake.numbers import parse_number, split_address
-from faxbridge.intake.rules import Who, destination_allowed, find_rule, in_networks
 from faxbridge.intake.slim import header_block
 from faxbridge.intake.subject import decode_subject, header_line
-from faxbridge.outbound.request import request_skeleton
-from faxbridge.store import NewDocument, NewJob, NewRecipient, SmtpLogRecord
+from faxbridge.outbound.request import fax_options
+from faxbridge.store import NewDocument, NewJob, NewRecipient, SmtpLogRecord, new_job_id
 
 if TYPE_CHECKING:
     from faxbridge.app import Bridge
@@ -34,12 +34,10 @@ log = logging.getLogger("faxbridge.smtp")
 
 @dataclass
 class Tx:
-    """What one SMTP transaction has decided so far."""
+    """One SMTP transaction: what it accepted so far, and its log record."""
 
     record: SmtpLogRecord
-    rule: Any = None
-    fax: list[tuple[str, str, str | None, str]] = field(default_factory=list)
-    # (e164, address, display name, pretty)
+    state: accept.MailState
     started: float = field(default_factory=time.perf_counter)
     logged: bool = False
 
@@ -58,7 +56,9 @@ class FaxHandler:
                             helo=session.host_name, tls=bool(session.ssl),
                             auth_user=getattr(session, "fb_user", None),
                             mail_from=mail_from.lower())
-        tx = Tx(rec)
+        client = accept.Client(rec.peer, rec.auth_user if getattr(session, "authenticated",
+                                                                  False) else None, rec.tls)
+        tx = Tx(rec, accept.MailState(mail_from, client))
         session.fb_tx = tx  # type: ignore[attr-defined]
         return tx
 
@@ -82,98 +82,61 @@ class FaxHandler:
         fut = asyncio.ensure_future(self.bridge.db(store.add_log, tx.record))
         fut.add_done_callback(_log_failure)
 
-    @staticmethod
-    def _who(session: Session, sender: str) -> Who:
-        return Who(sender=sender.lower(), auth_user=getattr(session, "fb_user", None),
-                   peer_ip=session.peer[0] if session.peer else None)
-
     # ------------------------------------------------------------- hooks
     async def handle_MAIL(self, server: Any, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
         self.flush(session, "(transaction abandoned)")
         tx = self._new_tx(session, address)
-        peer = tx.record.peer
-        if not getattr(session, "authenticated", False) and \
-                not in_networks(peer, self.cfg.smtp.trusted_networks):
-            tx.record.reply = replies.S530_AUTH.format(peer=peer)
+        decision = accept.mail(self.cfg, tx.state.client, address)
+        if not decision.accepted:
+            tx.record.reply = decision.reply
             self.flush(session)
-            return tx.record.reply
-        if address in ("", "<>"):
-            # A null sender cannot be told the fax's outcome, and bounces must never
-            # become faxes (a mail loop costs money per page).
-            tx.record.reply = replies.S550_NULL_SENDER
-            self.flush(session)
-            return tx.record.reply
+            return decision.reply
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
-        return replies.S250_SENDER_OK
+        return decision.reply
 
     async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         tx: Tx = getattr(session, "fb_tx", None) or self._new_tx(session, envelope.mail_from
                                                                    or "")
-        reply, entry = await self._decide_rcpt(session, envelope, tx, address)
-        entry["reply"] = reply
+        cfg = self.cfg
+        decision = accept.recipient(cfg, tx.state, address)
+        if decision.pending:
+            counts = await self.bridge.db(self._counts, tx.state.sender.lower(),
+                                          decision.pending)
+            decision = accept.recipient(cfg, tx.state, address, counts)
+        tx.state.record(address, decision)
+        entry: dict[str, Any] = {"address": address}
+        if decision.number:
+            entry["number"] = decision.number
+        if decision.rule is not None:
+            entry["rule"] = decision.rule.name
+        if decision.why is not None:
+            entry["why"] = decision.why
+        entry["reply"] = decision.reply
         tx.record.recipients.append(entry)
-        if reply.startswith("250"):
+        if decision.accepted:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
-        return reply
+        return decision.reply
 
-    async def _decide_rcpt(self, session: Session, envelope: Envelope, tx: Tx,
-                           address: str) -> tuple[str, dict[str, Any]]:
-        cfg = self.cfg
-        entry: dict[str, Any] = {"address": address}
-        if len(envelope.rcpt_tos) >= cfg.smtp.max_recipients:
-            return replies.S452_TOO_MANY.format(limit=cfg.smtp.max_recipients), entry
-        local, domain = split_address(address)
-        if domain not in cfg.fax.domains:
-            return replies.S550_RELAY.format(domain=domain or "(none)",
-                                             domains=", ".join(cfg.fax.domains)), entry
-        parsed = parse_number(local, cfg.fax.default_country)
-        if not parsed.ok:
-            return replies.S553_NUMBER.format(address=address, why=parsed.error), entry
-        entry["number"] = parsed.number
-        who = self._who(session, envelope.mail_from or "")
-        rule = find_rule(cfg.senders, who)
-        if rule is None:
-            return replies.S550_SENDER.format(sender=envelope.mail_from), entry
-        entry["rule"] = rule.name
-        ok, why = destination_allowed(rule, parsed.number)
-        entry["why"] = why
-        if not ok:
-            return replies.S550_DEST.format(number=parsed.pretty, rule=rule.name, why=why), entry
-        if tx.rule is None and (rule.max_per_hour or rule.max_per_day):
-            limited = await self.bridge.db(self._rate_limited, rule, who.sender)
-            if limited:
-                return limited, entry
-        tx.rule = rule
-        if any(n == parsed.number for n, *_ in tx.fax):
-            return replies.S250_RCPT_OK.format(number=parsed.pretty) + " (duplicate)", entry
-        tx.fax.append((parsed.number, address, None, parsed.pretty))
-        return replies.S250_RCPT_OK.format(number=parsed.pretty), entry
-
-    def _rate_limited(self, rule: Any, sender: str) -> str | None:
+    def _counts(self, sender: str, windows: tuple[accept.Window, ...]) -> dict[str, int]:
         store = self.bridge.store
         assert store is not None
         now = time.time()
-        for limit, window, label in ((rule.max_per_hour, 3600, "hour"),
-                                     (rule.max_per_day, 86400, "day")):
-            if limit:
-                count = store.count_jobs_since(sender, now - window)
-                if count >= limit:
-                    return replies.S450_RATE.format(rule=rule.name, count=count, window=label)
-        return None
+        return {w.label: store.count_jobs_since(sender, now - w.seconds) for w in windows}
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         tx: Tx | None = getattr(session, "fb_tx", None)
-        if tx is None or not tx.fax:
+        if tx is None or not tx.state.numbers:
             return replies.S503_NEED_RCPT
         t0 = time.perf_counter()
         raw: bytes | bytearray = envelope.original_content or envelope.content or b""
         rec = tx.record
         rec.size = len(raw)
-        rule = tx.rule
+        rule = tx.state.rule
+        assert rule is not None  # set with the first accepted recipient
         cfg = self.cfg
         try:
             ext = await self.bridge.cpu(extract, raw, cfg.fax.allowed_types, rule.body)
@@ -188,13 +151,15 @@ class FaxHandler:
         subject = decode_subject(ext.subject)
         rec.subject = subject
         rec.parts = [p.as_dict() for p in ext.parts]
-        if not ext.documents:
-            rec.reply = replies.S554_NOTHING.format(why=ext.why_nothing())[:900]
+        job_id = new_job_id()
+        decision = accept.content(cfg, ext, len(raw), job_id, tx.state)
+        if not decision.accepted:
+            rec.reply = decision.reply
             self.flush(session)
             return rec.reply
         # Display names come from the To/Cc headers (the envelope has none).
         names = _display_names(raw, cfg.fax.default_country)
-        fax = [(num, addr, names.get(num), pretty) for num, addr, _, pretty in tx.fax]
+        fax = [(num, addr, names.get(num), pretty) for num, addr, pretty in tx.state.numbers]
         header = header_line(subject, cfg.fax.header_template, cfg.fax.header_max_length,
                              sender=envelope.mail_from or "", number=fax[0][3])
         now = time.time()
@@ -203,18 +168,14 @@ class FaxHandler:
             recipients=[NewRecipient(n, a, d) for n, a, d, _ in fax],
             documents=[NewDocument(d.name, d.content_type, d.data, d.charset)
                        for d in ext.documents],
-            request={},
+            options=fax_options(cfg, rule),
             raw=raw,
             deadline=now + cfg.fax.submit_deadline_seconds,
             valid_until=now + cfg.fax.job_valid_seconds,
             auth_user=getattr(session, "fb_user", None),
             message_id=ext.message_id, subject=subject, rule=rule.name, header=header,
-            notify=rule.notify, attach_documents=rule.attach_documents)
-        job.request = request_skeleton(cfg, rule, job.id, header,
-                                       [(n, d) for n, _, d, _ in fax],
-                                       self.bridge.push_url())
-        rec.reply = replies.S250_QUEUED.format(job_id=job.id,
-                                               numbers=", ".join(p for *_, p in fax))
+            notify=rule.notify, attach_documents=rule.attach_documents, id=job_id)
+        rec.reply = decision.reply
         rec.ok = True
         rec.timings["total_before_commit_ms"] = round((time.perf_counter() - tx.started)
                                                       * 1000, 2)

@@ -47,7 +47,7 @@ class NewJob:
     sender: str
     recipients: list[NewRecipient]
     documents: list[NewDocument]
-    request: dict[str, Any]
+    options: dict[str, Any]  # the resolved fax options (outbound.request.fax_options)
     raw: bytes | bytearray  # as received (the SMTP listener's buffer, not copied)
     deadline: float
     valid_until: float
@@ -132,10 +132,10 @@ class Store:
                     now: float) -> None:
         c.execute(
             "INSERT INTO jobs (id,state,created,updated,sender,auth_user,message_id,"
-            "subject,rule,header,request_json,deadline,valid_until,notify,"
+            "subject,rule,header,options_json,deadline,valid_until,notify,"
             "attach_documents) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (job.id, "queued", now, now, job.sender, job.auth_user, job.message_id,
-             job.subject, job.rule, job.header, json.dumps(job.request),
+             job.subject, job.rule, job.header, json.dumps(job.options),
              job.deadline, job.valid_until, job.notify, int(job.attach_documents)))
         rowid = c.execute("INSERT INTO job_messages (job_id, raw) VALUES (?, zeroblob(?))",
                           (job.id, len(job.raw))).lastrowid

@@ -150,6 +150,25 @@ MIGRATIONS: list[str] = [
     INSERT INTO job_messages (job_id, raw) SELECT id, raw FROM jobs WHERE raw IS NOT NULL;
     ALTER TABLE jobs DROP COLUMN raw;
     """,
+    # 4: the Fax4A request is built when the job is sent, from the job's facts; the
+    # stored request of a job accepted before gives its options (all it held beyond
+    # the job's id, header and recipients, which the job has anyway).
+    """
+    ALTER TABLE jobs ADD COLUMN options_json TEXT NOT NULL DEFAULT '{}';
+    UPDATE jobs SET options_json = json_object(
+        'billing_code', json_extract(request_json, '$.reference.billingCode'),
+        'express', json(CASE WHEN json_extract(request_json, '$.transportOptions.isExpress')
+                        THEN 'true' ELSE 'false' END),
+        'blacklist', json(CASE WHEN json_extract(request_json,
+                                                 '$.transportOptions.isBlacklistEnabled') = 0
+                          THEN 'false' ELSE 'true' END),
+        'paper_format', json_extract(request_json, '$.renderingOptions.paperFormat'),
+        'resolution', json_extract(request_json, '$.renderingOptions.resolution'),
+        'csid', json_extract(request_json, '$.transportOptions.csid'),
+        'cover_page_template', json_extract(request_json, '$.renderingOptions.coverpageTemplate'))
+    WHERE json_valid(request_json);
+    ALTER TABLE jobs DROP COLUMN request_json;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
