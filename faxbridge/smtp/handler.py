@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,11 @@ from faxbridge.outbound.request import request_skeleton
 from faxbridge.store import NewDocument, NewJob, NewRecipient, SmtpLogRecord
 
 if TYPE_CHECKING:
-    from faxbridge.app import Bridge
+    from faxbridge.metrics import Metrics
+    from faxbridge.runtime.config import ConfigProvider
+    from faxbridge.runtime.db import Db, Offload
+    from faxbridge.runtime.wakeups import Wakeups
+    from faxbridge.store.groupcommit import GroupCommitter
 
 log = logging.getLogger("faxbridge.smtp")
 
@@ -45,12 +50,15 @@ class Tx:
 
 
 class FaxHandler:
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
+    def __init__(self, config: ConfigProvider, db: Db, cpu: Offload,
+                 committer: GroupCommitter, metrics: Metrics, wakeups: Wakeups,
+                 push_url: Callable[[], str | None]) -> None:
+        self.config, self.db, self.cpu, self.committer = config, db, cpu, committer
+        self.metrics, self.wakeups, self.push_url = metrics, wakeups, push_url
 
     @property
     def cfg(self):  # noqa: ANN201 - always the current config (live reload)
-        return self.bridge.cfg
+        return self.config.current
 
     # ----------------------------------------------------------- helpers
     def _new_tx(self, session: Session, mail_from: str) -> Tx:
@@ -74,12 +82,9 @@ class FaxHandler:
         reason = tx.record.reply or (refused[-1] if refused else reply or "")
         if reply and not tx.record.reply:
             tx.record.reply = f"{reply} after {refused[-1]}" if refused else reply
-        self.bridge.metrics.smtp_reply(reason, False)
-        store = self.bridge.store
-        if store is None:
-            return
+        self.metrics.smtp_reply(reason, False)
         # Off the event loop: a commit waits for fsync.
-        fut = asyncio.ensure_future(self.bridge.db(store.add_log, tx.record))
+        fut = asyncio.ensure_future(self.db.run(self.db.store.add_log, tx.record))
         fut.add_done_callback(_log_failure)
 
     @staticmethod
@@ -144,7 +149,7 @@ class FaxHandler:
         if not ok:
             return replies.S550_DEST.format(number=parsed.pretty, rule=rule.name, why=why), entry
         if tx.rule is None and (rule.max_per_hour or rule.max_per_day):
-            limited = await self.bridge.db(self._rate_limited, rule, who.sender)
+            limited = await self.db.run(self._rate_limited, rule, who.sender)
             if limited:
                 return limited, entry
         tx.rule = rule
@@ -154,8 +159,7 @@ class FaxHandler:
         return replies.S250_RCPT_OK.format(number=parsed.pretty), entry
 
     def _rate_limited(self, rule: Any, sender: str) -> str | None:
-        store = self.bridge.store
-        assert store is not None
+        store = self.db.store
         now = time.time()
         for limit, window, label in ((rule.max_per_hour, 3600, "hour"),
                                      (rule.max_per_day, 86400, "day")):
@@ -176,7 +180,7 @@ class FaxHandler:
         rule = tx.rule
         cfg = self.cfg
         try:
-            ext = await self.bridge.cpu(extract, raw, cfg.fax.allowed_types, rule.body)
+            ext = await self.cpu.run(extract, raw, cfg.fax.allowed_types, rule.body)
         except Exception as exc:  # noqa: BLE001 - the parser must never crash a session
             log.exception("MIME parsing failed")
             rec.reply = replies.S554_BAD_MIME.format(why=str(exc)[:200])
@@ -212,16 +216,14 @@ class FaxHandler:
             notify=rule.notify, attach_documents=rule.attach_documents)
         job.request = request_skeleton(cfg, rule, job.id, header,
                                        [(n, d) for n, _, d, _ in fax],
-                                       self.bridge.push_url())
+                                       self.push_url())
         rec.reply = replies.S250_QUEUED.format(job_id=job.id,
                                                numbers=", ".join(p for *_, p in fax))
         rec.ok = True
         rec.timings["total_before_commit_ms"] = round((time.perf_counter() - tx.started)
                                                       * 1000, 2)
-        store = self.bridge.store
-        assert store is not None
         try:
-            await self.bridge.committer.commit(job, rec)
+            await self.committer.commit(job, rec)
         except StoreError as exc:
             log.error("store failure, answering 451: %s", exc)
             rec.ok, rec.job_id = False, None
@@ -230,10 +232,10 @@ class FaxHandler:
             self.flush(session)  # the log record is tried on its own (it may fail too)
             return rec.reply
         tx.logged = True
-        self.bridge.metrics.smtp_reply(rec.reply, True)
+        self.metrics.smtp_reply(rec.reply, True)
         log.info("accepted job=%s message_id=%s from=%s to=%s docs=%d", job.id,
                  ext.message_id, job.sender, ",".join(n for n, *_ in fax), len(ext.documents))
-        self.bridge.wake_submitter()
+        self.wakeups.submit.set()
         return rec.reply
 
     async def handle_RSET(self, server: Any, session: Session, envelope: Envelope) -> str:
