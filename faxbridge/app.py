@@ -3,7 +3,11 @@
 The only module that knows every part: it builds the services (config provider,
 store + executor, Retarus clients, mail composer/transport, wake-ups, health
 state) and hands each part just the ones it needs. Nothing below imports this
-module (pyproject.toml's import contracts check that)."""
+module (pyproject.toml's import contracts check that).
+
+Longer than 300 lines on purpose: start, reload and stop of every part are one
+ordering problem (nothing closed before its replacement is ready, nothing stopped
+before what feeds it), and it reads best in one place."""
 
 from __future__ import annotations
 
