@@ -394,10 +394,6 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
     except BaseException:
         await bridge.stop(grace=0)
         raise
-    addrs = bridge.addresses()
-    print_fn(f"faxbridge listening: SMTP {addrs.get('smtp')}, HTTP {addrs.get('http')}"
-             + (f", simulator {addrs['simulator']}" if "simulator" in addrs else ""))
-    print_fn(f"data directory: {cfg.storage.data_dir.resolve()}")
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
     signals = {"count": 0}
@@ -424,9 +420,8 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
         except Exception:  # noqa: BLE001 - a failed switch must not kill the bridge
             log.exception("reload (%s) failed while switching", reason)
 
-    async def watch() -> None:
+    async def watch(seen: tuple[float, ...]) -> None:
         assert config_path is not None
-        seen = _mtimes(config_path)
         while True:
             await asyncio.sleep(1.0)
             now = _mtimes(config_path)
@@ -440,7 +435,14 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
     if config_path is not None:
         loop.add_signal_handler(signal.SIGHUP,
                                 lambda: asyncio.ensure_future(do_reload("SIGHUP")))
-        watcher = asyncio.create_task(watch())
+        watcher = asyncio.create_task(watch(_mtimes(config_path)))
+    # Only now, with the signal handlers in place and the config file's state taken:
+    # whoever waits for this line may send SIGHUP or change the file at once (before
+    # the handler, SIGHUP's default action would end the process).
+    addrs = bridge.addresses()
+    print_fn(f"faxbridge listening: SMTP {addrs.get('smtp')}, HTTP {addrs.get('http')}"
+             + (f", simulator {addrs['simulator']}" if "simulator" in addrs else ""))
+    print_fn(f"data directory: {cfg.storage.data_dir.resolve()}")
     try:
         await done.wait()
     finally:
