@@ -1,35 +1,60 @@
-"""Builds the parts from a Config, starts and stops them, handles signals."""
+"""Builds the parts from a Config, starts and stops them, handles signals.
+
+The only module that knows every part: it builds the services (config provider,
+store + executor, Retarus clients, mail composer/transport, wake-ups, health
+state) and hands each part just the ones it needs. Nothing below imports this
+module (pyproject.toml's import contracts check that).
+
+Longer than 300 lines on purpose: start, reload and stop of every part are one
+ordering problem (nothing closed before its replacement is ready, nothing stopped
+before what feeds it), and it reads best in one place."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import secrets
 import signal
 import ssl
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-import httpx
 
 from faxbridge.config import Config
 from faxbridge.errors import ConfigError
+from faxbridge.housekeeping import Housekeeper
+from faxbridge.inbound.deliver import Deliverer, FaxMail
+from faxbridge.inbound.poll import TopicPoller
+from faxbridge.listen import HttpServer, ListenError
+from faxbridge.mail.compose import Composer, TemplateError
+from faxbridge.mail.service import MailService
+from faxbridge.mail.worker import Mailer
+from faxbridge.metrics import Metrics
+from faxbridge.outbound.submit import Submitter
+from faxbridge.outbound.track import Finisher, ReportCleaner, Tracker
 from faxbridge.preflight import preflight
-from faxbridge.retarus.fax4a import Fax4AClient, Fax4AEndpoints, make_client
+from faxbridge.retarus.clients import SIM_PASSWORD, RetarusClients
+from faxbridge.retarus.fax4a import Fax4AClient
+from faxbridge.runner import Runner
+from faxbridge.runtime.config import ConfigProvider
+from faxbridge.runtime.db import Db, Offload
+from faxbridge.runtime.health import Health
+from faxbridge.runtime.wakeups import Wakeups
 from faxbridge.simulator.app import SimState, build_app
+from faxbridge.smtp.handler import FaxHandler
+from faxbridge.smtp.server import start_smtp
 from faxbridge.store import Store
-from faxbridge.web.server import HttpServer
+from faxbridge.store.groupcommit import GroupCommitter
+from faxbridge.web.admin import admin_routes
+from faxbridge.web.app import build_web_app
 
 log = logging.getLogger("faxbridge")
-T = TypeVar("T")
 
-SIM_PASSWORD = "simulator"  # the embedded simulator's own credentials; never a real secret
+# How long a stop waits for the runners to finish the item in hand before
+# cancelling them (a Fax4A POST in flight is given its chance to be answered).
+STOP_SECONDS = 20.0
 
 
 @dataclass
@@ -55,59 +80,72 @@ def apply_overrides(cfg: Config, o: Overrides) -> Config:
 
 
 class Bridge:
-    """Everything `faxbridge serve` runs, in one process and one event loop."""
+    """Everything `faxbridge serve` runs, in one process and one event loop.
+
+    Its attributes are the services and listeners; the read-only properties
+    (store, fax4a, composer, metrics, …) are the view tests and the CLI use."""
 
     def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.store: Store | None = None
+        self.config = ConfigProvider(cfg)
+        self.health = Health(metrics=Metrics())
+        self.wakeups = Wakeups()
+        self.mail = MailService(cfg)
+        self.db: Db | None = None
+        self.retarus: RetarusClients | None = None
+        self.committer: GroupCommitter | None = None
+        self.finisher: Finisher | None = None
+        self.fax_mail: FaxMail | None = None
+        self.handler: FaxHandler | None = None
         self.sim_state: SimState | None = None
         self.sim_server: HttpServer | None = None
         self.sim_url: str | None = None
         self.http_server: HttpServer | None = None
         self.smtp_server: asyncio.base_events.Server | None = None
-        self.smtp_address: str | None = None
-        self.fax4a: Fax4AClient | None = None
-        self._http: httpx.AsyncClient | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._old_http: list[httpx.AsyncClient] = []
-        self.submit_wakeup = asyncio.Event()
-        self.mail_wakeup = asyncio.Event()
-        self.inbound_wakeup = asyncio.Event()
-        self.topic_states: dict[str, Any] = {}
-        # kind → coroutine(row, refused|error): the inbound issue hooks its states here.
-        self.mail_sent_hooks: dict[str, Callable[..., Any]] = {}
-        self.mail_failed_hooks: dict[str, Callable[..., Any]] = {}
-        from faxbridge.mail.compose import Composer
-        from faxbridge.mail.transport import make_transport
-        self.composer = Composer(cfg.mail.template_dir, cfg.smtp.hostname)
-        self.transport = make_transport(cfg.mail, cfg.storage.data_dir)
-        # The status push secret (set in start, after the preflight has checked that
-        # a configured one can be read).
-        self.push_secret: str | None = None
         # The STARTTLS context new SMTP sessions use (None: no STARTTLS), and the
         # fingerprint of the files it came from; built by the preflight.
         self.smtp_tls: ssl.SSLContext | None = None
         self.smtp_tls_fingerprint: str | None = None
-        from faxbridge.web.metrics import Metrics
-        self.metrics = Metrics()
-        self.accepting = True          # False while shutting down: new sessions get 421
-        self.sessions_in_data = 0      # sessions between DATA and its reply
-        self._topic_tasks: dict[str, asyncio.Task[None]] = {}
-        self.last_contact: dict[str, float] = {}   # "retarus", "relay" → time of last success
-        # Own thread pools: store commits (serialised by the store's lock anyway) and
-        # MIME parsing must not queue behind other users of asyncio's default pool.
-        self._db_pool = ThreadPoolExecutor(4, thread_name_prefix="store")
-        self._cpu_pool = ThreadPoolExecutor(2, thread_name_prefix="parse")
+        # MIME parsing off the event loop, on its own pool (the store has another).
+        self.cpu = Offload(2, "parse")
+        self._runners: list[tuple[Runner, asyncio.Task[None]]] = []
+        self._topics: dict[str, tuple[TopicPoller, asyncio.Task[None]]] = {}
 
-    async def db(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        """Run a blocking store call off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._db_pool, functools.partial(fn, *args, **kw))
+    # ------------------------------------------------------------- the view
+    @property
+    def cfg(self) -> Config:
+        return self.config.current
 
-    async def cpu(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        """Run CPU-bound work (MIME parsing) off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._cpu_pool, functools.partial(fn, *args, **kw))
+    @property
+    def store(self) -> Store | None:
+        return self.db.store if self.db is not None else None
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.health.metrics
+
+    @property
+    def composer(self) -> Composer:
+        return self.mail.composer
+
+    @composer.setter
+    def composer(self, composer: Composer) -> None:
+        self.mail.composer = composer
+
+    @property
+    def fax4a(self) -> Fax4AClient | None:
+        return self.retarus.fax4a if self.retarus is not None else None
+
+    @property
+    def push_secret(self) -> str | None:
+        return self.retarus.push_secret if self.retarus is not None else None
+
+    @property
+    def topic_states(self) -> dict:
+        return self.health.topic_states
+
+    @property
+    def smtp_address(self) -> str | None:
+        return self.health.smtp_address
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -120,20 +158,14 @@ class Bridge:
         for warning in pre.warnings:
             log.warning("config: %s", warning)
         self.smtp_tls, self.smtp_tls_fingerprint = pre.tls, pre.tls_fingerprint
-        # Configured, or (simulator) a random one per run that travels to the
-        # simulator inside each job, like the real credentials would.
-        self.push_secret = cfg.retarus.push_password.resolve() or (
-            secrets.token_urlsafe(18) if cfg.retarus.mode == "simulator" else None)
         # Before anything binds: a bridge that cannot compose its report and fax mails
         # must not accept faxes (TemplateError: one line per problem, no traceback).
-        from faxbridge.mail.compose import TemplateError
-        if problems := self.composer.check():
+        if problems := self.mail.composer.check():
             raise TemplateError(problems)
         data_dir = cfg.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(data_dir / "faxbridge.sqlite3", cfg.storage.busy_timeout_ms)
-        from faxbridge.store.groupcommit import GroupCommitter
-        self.committer = GroupCommitter(self.store, self.db)
+        self.db = db = Db(Store(data_dir / "faxbridge.sqlite3", cfg.storage.busy_timeout_ms))
+        self.committer = GroupCommitter(db.store, db.run)
         if cfg.retarus.mode == "simulator" and not cfg.retarus.send_url:
             self.sim_state = SimState(customer_number=cfg.retarus.customer_number,
                                       username=cfg.retarus.username,
@@ -145,43 +177,64 @@ class Bridge:
                                          "simulator.listen")
             await self.sim_server.start()
             self.sim_url = self.sim_server.url
-        self._connect_retarus()
-        from faxbridge.web.app import build_web_app
-        self.http_server = HttpServer(build_web_app(self), cfg.http.listen, "http.listen")
+        # The status push secret: configured, or (simulator) a random one per run that
+        # travels to the simulator inside each job, like the real credentials would.
+        push_secret = cfg.retarus.push_password.resolve() or (
+            secrets.token_urlsafe(18) if cfg.retarus.mode == "simulator" else None)
+        self.retarus = RetarusClients(self.config, self.sim_url, push_secret)
+        self.retarus.connect()
+        parts = (db, self.config, self.mail, self.health, self.wakeups)
+        self.finisher, self.fax_mail = Finisher(*parts), FaxMail(*parts)
+        self.http_server = HttpServer(self._web_app(), cfg.http.listen, "http.listen")
         await self.http_server.start()
-        await self._start_smtp()
-        self._start_workers()
+        self.retarus.webhook_url = self.http_server.url + "/retarus/push"
+        self.handler = FaxHandler(self.config, db, self.cpu, self.committer,
+                                  self.health.metrics, self.wakeups)
+        self.smtp_server, self.health.smtp_address = await self._start_smtp()
+        self._start_runners()
 
-    async def _start_smtp(self) -> None:
-        from faxbridge.smtp.server import start_smtp
-        self.smtp_server, self.smtp_address = await start_smtp(self)
+    def _web_app(self):  # noqa: ANN202 - a Starlette app
+        assert self.db and self.retarus and self.finisher and self.fax_mail
+        admin = admin_routes(self.db, self.config, self.wakeups, self.fax_mail)
+        return build_web_app(self.db, self.config, self.health, self.retarus, self.finisher,
+                             admin)
 
-    def _start_workers(self) -> None:
-        from faxbridge.workers import workers_for
-        for name, coro in workers_for(self):
-            task = asyncio.create_task(coro, name=name)
-            self._tasks.append(task)
+    async def _start_smtp(self, listen: str | None = None
+                          ) -> tuple[asyncio.base_events.Server, str]:
+        assert self.handler is not None
+        return await start_smtp(self.handler, self.config, self.health,
+                                lambda: self.smtp_tls, listen)
+
+    def _start_runners(self) -> None:
+        db, cfg, health, wk = self.db, self.config, self.health, self.wakeups
+        retarus, finisher, fax_mail = self.retarus, self.finisher, self.fax_mail
+        assert db and retarus and finisher and fax_mail
+        for runner in (Submitter(db, cfg, retarus, health, wk, finisher),
+                       Tracker(db, cfg, retarus, health, finisher),
+                       Mailer(db, cfg, self.mail, health, wk),
+                       ReportCleaner(db, cfg, retarus),
+                       Housekeeper(db, cfg),
+                       Deliverer(db, fax_mail, wk)):
+            self._runners.append((runner, asyncio.create_task(runner.run(), name=runner.name)))
         self._start_topics()
 
     def _start_topics(self) -> None:
-        from faxbridge.inbound.poll import TopicPoller
+        assert self.db and self.retarus
         for t in self.cfg.topics:
-            if t.url or self.sim_url:
-                self._topic_tasks[t.name] = asyncio.create_task(
-                    TopicPoller(self, t).run(), name=f"topic:{t.name}")
+            if self.retarus.polls(t):
+                poller = TopicPoller(t, self.db, self.retarus, self.health, self.wakeups)
+                self._topics[t.name] = (poller, asyncio.create_task(poller.run(),
+                                                                    name=f"topic:{t.name}"))
 
     async def _stop_topics(self) -> None:
-        # Cancelling a poller acknowledges its committed batch through the exit URL.
-        for task in self._topic_tasks.values():
-            task.cancel()
-        for task in self._topic_tasks.values():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._topic_tasks.clear()
+        # A stopped poller acknowledges its committed batch through the exit URL.
+        await _stop_all(list(self._topics.values()), 10.0)
+        self._topics.clear()
 
     async def reload(self, new: Config) -> list[str]:
         """Switch to a validated config. New SMTP sessions and new jobs use it at once
-        (the handler reads bridge.cfg per command); nothing in flight is dropped.
+        (every part reads the config provider's current config); nothing in flight
+        is dropped.
 
         Nothing running is closed before everything new is ready: the preflight
         (certificate and key, secrets, data directory) runs first, then any changed
@@ -189,11 +242,6 @@ class Bridge:
         change on the same port swaps the STARTTLS context that new sessions take,
         without rebinding, so the port is never closed. If any step fails, the old
         config, listeners and TLS context stay in force and the problems are logged."""
-        from faxbridge.mail.compose import Composer
-        from faxbridge.mail.transport import make_transport
-        from faxbridge.smtp.server import start_smtp
-        from faxbridge.web.app import build_web_app
-        from faxbridge.web.server import ListenError
         if problems := Composer(new.mail.template_dir, new.smtp.hostname).check():
             log.error("reload refused, keeping the running config: mail templates: %s",
                       "; ".join(problems))
@@ -210,9 +258,9 @@ class Bridge:
         fresh_http: HttpServer | None = None
         try:
             if new.smtp.listen != old.smtp.listen:
-                fresh_smtp = await start_smtp(self, new.smtp.listen)
+                fresh_smtp = await self._start_smtp(new.smtp.listen)
             if new.http.listen != old.http.listen and self.http_server is not None:
-                fresh_http = HttpServer(build_web_app(self), new.http.listen, "http.listen")
+                fresh_http = HttpServer(self._web_app(), new.http.listen, "http.listen")
                 await fresh_http.start()
         except (ListenError, OSError) as exc:
             if fresh_smtp is not None:
@@ -224,25 +272,26 @@ class Bridge:
             log.error("reload refused, keeping the running config: %s", exc)
             return []
         # Everything new is ready: switch, then close what it replaces.
-        self.cfg = new
+        self.config.swap(new)
         if fresh_smtp is not None:
             if self.smtp_server is not None:
                 self.smtp_server.close()  # existing sessions go on on their sockets
-            self.smtp_server, self.smtp_address = fresh_smtp
+            self.smtp_server, self.health.smtp_address = fresh_smtp
             changes.append("smtp listener")
         if fresh_http is not None:
             assert self.http_server is not None
             await self.http_server.stop()
             self.http_server = fresh_http
+            if self.retarus is not None:
+                self.retarus.webhook_url = fresh_http.url + "/retarus/push"
             changes.append("http listener")
         if pre.tls_fingerprint != self.smtp_tls_fingerprint:
             changes.append("smtp TLS")
         # Always the freshly loaded context: it is the one the preflight validated.
         self.smtp_tls, self.smtp_tls_fingerprint = pre.tls, pre.tls_fingerprint
-        self.composer = Composer(new.mail.template_dir, new.smtp.hostname)
-        self.transport = make_transport(new.mail, new.storage.data_dir)
-        if new.retarus != old.retarus:
-            self._connect_retarus()
+        self.mail.rebuild(new)
+        if new.retarus != old.retarus and self.retarus is not None:
+            self.retarus.connect()
             changes.append("retarus")
         if new.topics != old.topics:
             await self._stop_topics()
@@ -257,70 +306,34 @@ class Bridge:
         log.info("configuration reloaded (%s)", ", ".join(changes) or "nothing changed")
         return changes
 
-    def _connect_retarus(self) -> None:
-        """(Re)build the Fax4A client from the current config; a replaced client is
-        closed at stop, so requests in flight on it finish."""
-        cfg = self.cfg
-        password = cfg.retarus.password.resolve() or (
-            SIM_PASSWORD if cfg.retarus.mode == "simulator" else None)
-        if password is None:  # the preflight catches this first; never a traceback
-            raise ConfigError(["retarus.password: no password in live mode (set "
-                               "retarus.password.env or retarus.password.file)"])
-        if self._http is not None:
-            self._old_http.append(self._http)
-        self._http = make_client(cfg.retarus.username, password, cfg.retarus.timeout)
-        self.fax4a = Fax4AClient(
-            Fax4AEndpoints(cfg.retarus.customer_number, cfg.send_url(self.sim_url),
-                           cfg.datacenter_urls(self.sim_url)), self._http)
-
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting (newcomers get 421), let sessions in DATA finish within
-        `grace`, stop workers between items, ack the current pull batches, close."""
-        self.accepting = False
-        deadline = asyncio.get_running_loop().time() + grace
-        while self.sessions_in_data and asyncio.get_running_loop().time() < deadline:
+        `grace`, stop runners between items, ack the current pull batches, close."""
+        self.health.accepting = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.health.sessions_in_data and loop.time() < deadline:
             await asyncio.sleep(0.05)
         if self.smtp_server is not None:
             self.smtp_server.close()
         await self._stop_topics()
-        if getattr(self, "committer", None) is not None:
+        if self.committer is not None:
             await self.committer.close()
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            # the submitter lets its POSTs in flight finish (≤ 15 s); a worker that
-            # ignores its cancellation must not keep the process from stopping
-            done, stuck = await asyncio.wait(self._tasks, timeout=20)
-            for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    log.error("worker %s had failed: %r", task.get_name(), task.exception())
-            for task in stuck:
-                log.error("worker %s did not stop within 20 s; leaving it", task.get_name())
+        await _stop_all(self._runners, STOP_SECONDS)
+        self._runners.clear()
         for srv in (self.http_server, self.sim_server):
             if srv is not None:
                 await srv.stop()
         if self.sim_state is not None:
             await self.sim_state.aclose()
-        for client in (*self._old_http, self._http):
-            if client is not None:
-                await client.aclose()
-        self._cpu_pool.shutdown(wait=True)
-        self._db_pool.shutdown(wait=True)
-        if self.store is not None:
-            self.store.close()
+        if self.retarus is not None:
+            await self.retarus.aclose()
+        self.cpu.shutdown()
+        if self.db is not None:
+            self.db.close()
 
     def push_url(self) -> str | None:
-        """Where Retarus should POST status pushes: configured, or (simulator) ours."""
-        if self.push_secret is None:
-            return None  # no credentials to protect the webhook: do not ask for pushes
-        if self.cfg.retarus.push_url:
-            return self.cfg.retarus.push_url
-        if self.cfg.retarus.mode == "simulator" and self.http_server is not None:
-            return self.http_server.url + "/retarus/push"
-        return None
-
-    def wake_submitter(self) -> None:
-        self.submit_wakeup.set()
+        return self.retarus.push_url() if self.retarus is not None else None
 
     def addresses(self) -> dict[str, str]:
         out = {}
@@ -331,6 +344,30 @@ class Bridge:
         if self.sim_url:
             out["simulator"] = self.sim_url
         return out
+
+
+async def _stop_all(running: list[tuple[Runner, asyncio.Task[None]]],
+                    within: float) -> None:
+    """Ask every runner to stop after the item in hand; cancel those still busy
+    after `within` seconds; one that ignores even that must not keep the process
+    from stopping (it is logged and left)."""
+    for runner, _ in running:
+        runner.stop()
+    tasks = [task for _, task in running]
+    if not tasks:
+        return
+    done, busy = await asyncio.wait(tasks, timeout=within)
+    for task in busy:
+        log.warning("%s did not stop within %.0f s; cancelling it", task.get_name(), within)
+        task.cancel()
+    if busy:
+        done2, stuck = await asyncio.wait(busy, timeout=5)
+        done |= done2
+        for task in stuck:
+            log.error("%s did not stop when cancelled; leaving it", task.get_name())
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s had failed: %r", task.get_name(), task.exception())
 
 
 def load_for_reload(path: Path, overrides: Overrides) -> Config:
@@ -383,9 +420,8 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
         except Exception:  # noqa: BLE001 - a failed switch must not kill the bridge
             log.exception("reload (%s) failed while switching", reason)
 
-    async def watch() -> None:
+    async def watch(seen: tuple[float, ...]) -> None:
         assert config_path is not None
-        seen = _mtimes(config_path)
         while True:
             await asyncio.sleep(1.0)
             now = _mtimes(config_path)
@@ -399,10 +435,10 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
     if config_path is not None:
         loop.add_signal_handler(signal.SIGHUP,
                                 lambda: asyncio.ensure_future(do_reload("SIGHUP")))
-        watcher = asyncio.create_task(watch())
-    # Announced only once the signal handlers are in place: a supervisor (or a test)
-    # that sends SIGHUP/SIGTERM as soon as it reads this line must not kill the
-    # process with the signal's default action.
+        watcher = asyncio.create_task(watch(_mtimes(config_path)))
+    # Only now, with the signal handlers in place and the config file's state taken:
+    # whoever waits for this line may send SIGHUP or change the file at once (before
+    # the handler, SIGHUP's default action would end the process).
     addrs = bridge.addresses()
     print_fn(f"faxbridge listening: SMTP {addrs.get('smtp')}, HTTP {addrs.get('http')}"
              + (f", simulator {addrs['simulator']}" if "simulator" in addrs else ""))

@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Hashable
 
-if TYPE_CHECKING:
-    from faxbridge.app import Bridge
+from faxbridge.runner import Runner
+from faxbridge.runtime.config import ConfigProvider
+from faxbridge.runtime.db import Db
 
 log = logging.getLogger("faxbridge.housekeeping")
 
 
-async def housekeeping(bridge: Bridge, every: float = 3600.0) -> None:
-    while True:
-        store = bridge.store
-        assert store is not None
-        days = bridge.cfg.storage.smtp_log_retention_days
-        try:
-            removed = await bridge.db(store.prune_log, time.time() - days * 86400)
-            if removed:
-                log.info("pruned %d SMTP log record(s) older than %d days", removed, days)
-        except Exception:  # noqa: BLE001 - housekeeping must never stop the bridge
-            log.exception("SMTP log pruning failed")
-        await asyncio.sleep(every)
+class Housekeeper(Runner[float]):
+    """One item per round: the cut-off time before which SMTP log records go."""
+
+    name = "housekeeping"
+    log = log
+
+    def __init__(self, db: Db, config: ConfigProvider, every: float = 3600.0) -> None:
+        super().__init__()
+        self.db, self.config = db, config
+        self.idle = every
+
+    async def claim(self, limit: int, busy: frozenset[Hashable]) -> list[float]:
+        days = self.config.current.storage.smtp_log_retention_days
+        return [time.time() - days * 86400]
+
+    async def pause(self, claimed: int, failed: int) -> None:
+        await self.wait(self.idle)
+
+    def describe(self, item: float) -> str:
+        return "SMTP log pruning"
+
+    async def dispose(self, cutoff: float) -> None:
+        removed = await self.db.run(self.db.store.prune_log, cutoff)
+        if removed:
+            log.info("pruned %d SMTP log record(s) older than %d days", removed,
+                     self.config.current.storage.smtp_log_retention_days)

@@ -21,9 +21,9 @@ import pytest
 
 from faxbridge.app import Bridge
 from faxbridge.config import Config, SenderRule, embedded_default, parse
+from faxbridge.listen import HttpServer
 from faxbridge.retarus.fax4a import Fax4AClient, Fax4AEndpoints, make_client
 from faxbridge.simulator.app import SimState, build_app
-from faxbridge.web.server import HttpServer
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent

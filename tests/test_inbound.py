@@ -72,7 +72,7 @@ def wired(tmp_path: Path, sim_url: str, topics: list[dict], **sections) -> dict:
 
 def inbox(data_dir: Path, address: str) -> list[EmailMessage]:
     path = maildir_path(data_dir / "mail", address)
-    if not path.exists():
+    if not (path / "cur").exists():  # the last subdirectory Maildir(create=True) makes
         return []
     return [email.message_from_bytes(m.as_bytes(), policy=email.policy.default)
             for m in mailbox.Maildir(str(path), create=False)]

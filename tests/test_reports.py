@@ -35,7 +35,9 @@ async def outcome(url: str, pattern: str, status: str) -> None:
 
 def maildir(bridge, address: str = "alice@example.com") -> list[EmailMessage]:
     path = maildir_path(bridge.cfg.storage.data_dir / "mail", address)
-    if not path.exists():
+    # cur/ is the last of tmp/ new/ cur/ that mailbox.Maildir(create=True) makes: until
+    # it exists the bridge is still creating the mailbox (reading it then raised)
+    if not (path / "cur").exists():
         return []
     return [email.message_from_bytes(m.as_bytes(), policy=email.policy.default)
             for m in mailbox.Maildir(str(path), create=False)]

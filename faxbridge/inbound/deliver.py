@@ -8,16 +8,20 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
-from faxbridge.aio import wait_event
 from faxbridge.intake import numbers
 from faxbridge.mail.compose import ComposeError
+from faxbridge.mail.service import MailService
+from faxbridge.runner import Runner
+from faxbridge.runtime.config import ConfigProvider
+from faxbridge.runtime.db import Db
+from faxbridge.runtime.health import Health
+from faxbridge.runtime.wakeups import Wakeups
 
 if TYPE_CHECKING:
-    import sqlite3
-
-    from faxbridge.app import Bridge
     from faxbridge.config import Topic
     from faxbridge.mail.compose import Composer
 
@@ -77,93 +81,96 @@ def compose_fax_mail(composer: Composer, mail_from: str, row: sqlite3.Row,
     return msg.as_bytes()
 
 
-class Deliverer:
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
-        bridge.mail_sent_hooks["inbound"] = self.on_sent
-        bridge.mail_failed_hooks["inbound"] = self.on_failed
+class FaxMail:
+    """Composes a received fax's mail and queues it (with the fax's `mailing` state,
+    in one transaction). The deliverer and the admin API's resend use it."""
+
+    def __init__(self, db: Db, config: ConfigProvider, mail: MailService, health: Health,
+                 wakeups: Wakeups) -> None:
+        self.db, self.config, self.mail, self.health = db, config, mail, health
+        self.wakeups = wakeups
 
     def topic(self, name: str) -> Topic | None:
-        return next((t for t in self.bridge.cfg.topics if t.name == name), None)
-
-    async def resume(self) -> None:
-        """Faxes left in `mailing` whose mail was already recorded as sent or failed
-        (a crash between the mail worker's commit and this hook) finish their step."""
-        store = self.bridge.store
-        assert store is not None
-        for row in await self.bridge.db(store.inbound_in, ("mailing",)):
-            mail = await self.bridge.db(store.latest_mail, "inbound", row["id"])
-            if mail is None:
-                await self.queue(row)
-            elif mail["state"] == "sent":
-                await self.on_sent(mail, [])
-            elif mail["state"] == "failed":
-                await self.on_failed(mail, mail["last_error"] or "refused")
-
-    async def run(self) -> None:
-        store = self.bridge.store
-        assert store is not None
-        await self.resume()
-        while True:
-            for row in await self.bridge.db(store.inbound_in, ("stored",)):
-                try:
-                    await self.queue(row)
-                except ComposeError as exc:
-                    log.error("inbound %s: could not compose its mail: %s; holding it",
-                              row["id"], exc)
-                    await self.bridge.db(store.set_inbound_state, row["id"], "held",
-                                         error=f"could not compose its mail: {exc}")
-                except Exception:  # noqa: BLE001 - never stop on one fax
-                    log.exception("inbound %s: could not queue its mail", row["id"])
-                    await self.bridge.db(store.set_inbound_state, row["id"], "held",
-                                         error="could not compose its mail (see log)")
-            self.bridge.inbound_wakeup.clear()
-            await wait_event(self.bridge.inbound_wakeup, 1.0)
+        return next((t for t in self.config.current.topics if t.name == name), None)
 
     async def queue(self, row: sqlite3.Row, to: list[str] | None = None,
                     note: str | None = None) -> None:
-        store = self.bridge.store
+        store, cfg = self.db.store, self.config.current
         topic = self.topic(row["topic"])
         meta = json.loads(row["metadata_json"])
         if to is None:
-            to = addresses_for(topic, meta) if topic else [self.bridge.cfg.mail.fallback_mailbox]
+            to = addresses_for(topic, meta) if topic else [cfg.mail.fallback_mailbox]
             if topic is None:
                 note = f"topic {row['topic']} is no longer configured"
-        files = await self.bridge.db(store.inbound_files, row["id"])
+        files = await self.db.run(store.inbound_files, row["id"])
         try:
-            raw = compose_fax_mail(self.bridge.composer, self.bridge.cfg.mail.from_address,
-                                   row, files, to, note)
+            raw = compose_fax_mail(self.mail.composer, cfg.mail.from_address, row, files, to,
+                                   note)
         except ComposeError as exc:
-            self.bridge.metrics.compose_failed("inbound", str(exc))
+            self.health.metrics.compose_failed("inbound", str(exc))
             raise
-        self.bridge.metrics.mail_ok("compose", "inbound")
-        await self.bridge.db(store.queue_mail, "inbound", row["id"],
-                             self.bridge.cfg.mail.from_address, to, raw,
-                             inbound_state=(row["id"], "mailing"))
-        self.bridge.mail_wakeup.set()
+        self.health.metrics.mail_ok("compose", "inbound")
+        await self.db.run(store.queue_mail, "inbound", row["id"], cfg.mail.from_address, to,
+                          raw, inbound_state=(row["id"], "mailing"))
+        self.wakeups.mail.set()
 
-    async def on_sent(self, mail: sqlite3.Row, refused: list[str]) -> None:
-        store = self.bridge.store
-        to = json.loads(mail["recipients_json"])
-        self.bridge.metrics.inbound_delivered.inc()
-        await self.bridge.db(store.set_inbound_state, mail["ref"], "delivered",
-                             delivered_to=", ".join(to),
-                             error=("refused: " + "; ".join(refused)) if refused else None)
 
-    async def on_failed(self, mail: sqlite3.Row, error: str) -> None:
-        store = self.bridge.store
-        fallback = self.bridge.cfg.mail.fallback_mailbox
-        to = json.loads(mail["recipients_json"])
-        row = await self.bridge.db(store.inbound, mail["ref"])
-        if row is None:
-            return
+class Deliverer(Runner[sqlite3.Row]):
+    """Takes each received fax whose next step is a mail: a stored fax gets its mail
+    queued; a fax whose mail was refused goes to mail.fallback_mailbox (or is held
+    when even that refused it). The mail worker records a sent mail and the fax's
+    `delivered` in one transaction; this stage only reacts to what the store says."""
+
+    name = "deliver"
+    log = log
+    expected = (ComposeError,)
+
+    def __init__(self, db: Db, fax_mail: FaxMail, wakeups: Wakeups) -> None:
+        super().__init__(wakeups.inbound)
+        self.db, self.fax_mail = db, fax_mail
+
+    async def claim(self, limit: int, busy: frozenset[Hashable]) -> list[sqlite3.Row]:
+        return await self.db.run(self.db.store.inbound_to_deliver, max(limit, 100))
+
+    def key(self, item: sqlite3.Row) -> Hashable:
+        return item["id"]
+
+    def describe(self, item: sqlite3.Row) -> str:
+        return f"inbound {item['id']}"
+
+    async def failed(self, row: sqlite3.Row, exc: Exception) -> None:
+        if isinstance(exc, ComposeError):
+            log.error("inbound %s: could not compose its mail: %s; holding it", row["id"], exc)
+            error = f"could not compose its mail: {exc}"
+        else:
+            error = "could not compose its mail (see log)"
+        await self.db.run(self.db.store.set_inbound_state, row["id"], "held", error=error)
+
+    async def dispose(self, row: sqlite3.Row) -> None:
+        store = self.db.store
+        if row["state"] == "stored" or row["mail_state"] is None:
+            await self.fax_mail.queue(row)
+        elif row["mail_state"] == "sent":
+            # a store from before the mail's outcome and this state were one transaction
+            await self.db.run(store.set_inbound_state, row["id"], "delivered",
+                              delivered_to=", ".join(json.loads(row["mail_to_json"])))
+        else:
+            await self.refused(row, row["mail_error"] or "refused")
+
+    async def refused(self, row: sqlite3.Row, error: str) -> None:
+        store = self.db.store
+        fallback = self.fax_mail.config.current.mail.fallback_mailbox
+        to = json.loads(row["mail_to_json"])
         if to == [fallback]:
             log.error("inbound %s: even the fallback mailbox refused it: %s", row["id"], error)
-            await self.bridge.db(store.set_inbound_state, row["id"], "held", error=error)
+            await self.db.run(store.set_inbound_state, row["id"], "held", error=error)
             return
         log.error("inbound %s: %s refused it (%s); sending to %s", row["id"], ", ".join(to),
                   error, fallback)
-        await self.queue(row, to=[fallback],
-                         note=f"This fax could not be delivered to {', '.join(to)}: {error}")
-        await self.bridge.db(store.set_inbound_state, row["id"], "mailing",
-                             error=f"refused by {', '.join(to)}: {error}; sent to {fallback}")
+        # The note first: once queued, the mail worker may mark the fax delivered at
+        # any moment, and a later state write would undo that. (A crash in between
+        # leaves the refused mail the latest: this runs again.)
+        await self.db.run(store.set_inbound_state, row["id"], "mailing",
+                          error=f"refused by {', '.join(to)}: {error}; sent to {fallback}")
+        await self.fax_mail.queue(
+            row, to=[fallback], note=f"This fax could not be delivered to {', '.join(to)}: {error}")

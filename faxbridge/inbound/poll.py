@@ -14,17 +14,18 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from faxbridge.config import Topic
 from faxbridge.errors import AuthError, FaxbridgeError
-from faxbridge.retarus.http import backoff
-from faxbridge.retarus.models import PullResponse
-from faxbridge.retarus.pull import PullClient
-
-if TYPE_CHECKING:
-    from faxbridge.app import Bridge
+from faxbridge.retarus.clients import RetarusClients
+from faxbridge.retarus.models import PullFax, PullResponse
+from faxbridge.retry import backoff
+from faxbridge.runner import Runner
+from faxbridge.runtime.db import Db
+from faxbridge.runtime.health import Health
+from faxbridge.runtime.wakeups import Wakeups
 
 log = logging.getLogger("faxbridge.inbound")
 AUTH_RETRY_SECONDS = 300.0
@@ -59,74 +60,77 @@ def preferred(documents: list, fmt: str) -> list:  # noqa: ANN001
     return out
 
 
-class TopicPoller:
-    def __init__(self, bridge: Bridge, topic: Topic) -> None:
-        self.bridge = bridge
+class TopicPoller(Runner[PullFax]):
+    """A round: acknowledge what the previous batch committed and fetch the next
+    batch (the claim), then download and commit each fax (an item)."""
+
+    log = log
+
+    def __init__(self, topic: Topic, db: Db, retarus: RetarusClients, health: Health,
+                 wakeups: Wakeups) -> None:
+        super().__init__()
+        self.name = f"topic {topic.name}"
         self.topic = topic
-        self.state = bridge.topic_states.setdefault(topic.name, TopicState())
-        base = topic.url or f"{bridge.sim_url}/faxin/rest/v1"
-        password = topic.password.resolve()
-        if password is None and bridge.cfg.retarus.mode == "simulator":
-            from faxbridge.app import SIM_PASSWORD
-            password = SIM_PASSWORD
-        self.client = PullClient(base, topic.customer_number, password or "",
-                                 timeout=bridge.cfg.retarus.timeout)
+        self.db, self.health, self.wakeups = db, health, wakeups
+        self.state = health.topic_states.setdefault(topic.name, TopicState())
+        self.client = retarus.pull_client(topic)
+        self.last: PullResponse | None = None
+        self.failures_in_a_row = 0
 
-    async def run(self) -> None:
-        failures = 0
-        last: PullResponse | None = None
-        try:
-            while True:
-                self.state.last_poll = time.time()
-                try:
-                    last = await self.cycle(last)
-                except AuthError as exc:
-                    self.state.status, self.state.last_error = "auth-refused", str(exc)
-                    self.state.errors += 1
-                    log.error("topic %s: Fax2WSPull refused the credentials (%s); retrying in "
-                              "%.0fs", self.topic.name, exc, AUTH_RETRY_SECONDS)
-                    await asyncio.sleep(AUTH_RETRY_SECONDS)
-                    continue
-                except Exception as exc:  # noqa: BLE001 - transient or a bug: back off
-                    if not isinstance(exc, FaxbridgeError):
-                        log.exception("topic %s: unexpected error", self.topic.name)
-                    failures += 1
-                    self.state.status, self.state.last_error = "error", str(exc)
-                    self.state.errors += 1
-                    delay = backoff(failures, base=self.topic.poll_interval, cap=300.0,
-                                    retry_after_s=getattr(exc, "retry_after", None))
-                    log.warning("topic %s: %s; retrying in %.1fs", self.topic.name, exc, delay)
-                    await asyncio.sleep(delay)
-                    continue
-                failures = 0
-                self.state.status, self.state.last_success = "ok", time.time()
-                if last is None or len(last.results) < self.topic.batch_size:
-                    await asyncio.sleep(self.topic.poll_interval)
-        finally:
-            await self.shutdown(last)
-
-    async def cycle(self, last: PullResponse | None) -> PullResponse:
-        """Ack what the previous batch committed, fetch the next batch, commit it."""
-        pending = self.state.pending_ack
+    async def claim(self, limit: int, busy: frozenset[Hashable]) -> list[PullFax]:
+        """Ack what the previous batch committed, fetch the next batch."""
+        self.state.last_poll = time.time()
+        last, pending = self.last, self.state.pending_ack
         if last is not None and last.meta.next and pending and \
                 {f.id for f in last.results} == set(pending):
             resp = await self.client.follow(last.meta.next, "next")
         else:
             resp = await self.client.poll(self.topic.name, self.topic.batch_size, pending)
         if pending:
-            await self.bridge.db(self.bridge.store.mark_acked, self.topic.name, list(pending))
+            await self.db.run(self.db.store.mark_acked, self.topic.name, list(pending))
             log.info("topic %s: acknowledged %s", self.topic.name, ",".join(pending))
         self.state.pending_ack = []
-        for fax in resp.results:
-            if await self.take(fax):
-                self.state.pending_ack.append(fax.id)
-        return resp
+        self.last = resp
+        self.failures_in_a_row = 0
+        self.state.status, self.state.last_success = "ok", time.time()
+        return list(resp.results)
 
-    async def take(self, fax) -> bool:  # noqa: ANN001
+    async def claim_failed(self, exc: Exception) -> None:
+        self.state.errors += 1
+        if isinstance(exc, AuthError):
+            self.state.status, self.state.last_error = "auth-refused", str(exc)
+            log.error("topic %s: Fax2WSPull refused the credentials (%s); retrying in "
+                      "%.0fs", self.topic.name, exc, AUTH_RETRY_SECONDS)
+            await self.wait(AUTH_RETRY_SECONDS)
+            return
+        if not isinstance(exc, FaxbridgeError):
+            log.exception("topic %s: unexpected error", self.topic.name)
+        self.failures_in_a_row += 1
+        self.state.status, self.state.last_error = "error", str(exc)
+        delay = backoff(self.failures_in_a_row, base=self.topic.poll_interval, cap=300.0,
+                        retry_after_s=getattr(exc, "retry_after", None))
+        log.warning("topic %s: %s; retrying in %.1fs", self.topic.name, exc, delay)
+        await self.wait(delay)
+
+    async def pause(self, claimed: int, failed: int) -> None:
+        # A full batch: more may be waiting, fetch again at once.
+        if claimed < self.topic.batch_size:
+            await self.wait(self.topic.poll_interval)
+
+    def key(self, item: PullFax) -> Hashable:
+        return item.id
+
+    def describe(self, item: PullFax) -> str:
+        return f"fax {item.id} (not acknowledged: it will be offered again)"
+
+    async def dispose(self, fax: PullFax) -> None:
+        if await self.take(fax):
+            self.state.pending_ack.append(fax.id)
+
+    async def take(self, fax: PullFax) -> bool:
         """Download and commit one fax; True when it is safe to acknowledge."""
-        store = self.bridge.store
-        assert store is not None
-        if await self.bridge.db(store.has_inbound, self.topic.name, fax.id):
+        store = self.db.store
+        if await self.db.run(store.has_inbound, self.topic.name, fax.id):
             log.info("topic %s: fax %s offered again (ack lost); acknowledging only",
                      self.topic.name, fax.id)
             return True
@@ -141,18 +145,18 @@ class TopicPoller:
             log.warning("topic %s: fax %s download failed (%s); it will be offered again",
                         self.topic.name, fax.id, exc)
             return False
-        stored = await self.bridge.db(store.store_inbound, fax.id, self.topic.name,
-                                      fax.metadata(), files)
+        stored = await self.db.run(store.store_inbound, fax.id, self.topic.name,
+                                   fax.metadata(), files)
         if stored:
             self.state.received += 1
-            self.bridge.metrics.inbound_fetched.labels(self.topic.name).inc()
+            self.health.metrics.inbound_fetched.labels(self.topic.name).inc()
             log.info("topic %s: fax %s stored (%d file(s))", self.topic.name, fax.id, len(files))
-            self.bridge.inbound_wakeup.set()
+            self.wakeups.inbound.set()
         return True
 
-    async def shutdown(self, last: PullResponse | None) -> None:
+    async def finish(self) -> None:
         """Acknowledge what was committed, via the exit URL when it covers exactly that."""
-        pending = self.state.pending_ack
+        last, pending = self.last, self.state.pending_ack
         with contextlib.suppress(Exception):
             if pending:
                 if last is not None and last.meta.exit and \
@@ -162,7 +166,8 @@ class TopicPoller:
                 else:
                     async with asyncio.timeout(5):
                         await self.client.poll(self.topic.name, 0, pending)
-                self.bridge.store.mark_acked(self.topic.name, list(pending))
+                # On the loop, not the store's pool: this also runs when cancelled,
+                # and a cancelled await would not wait for the commit.
+                self.db.store.mark_acked(self.topic.name, list(pending))
         with contextlib.suppress(Exception):
             await self.client.aclose()
-

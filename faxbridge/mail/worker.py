@@ -2,92 +2,86 @@
 
 Relay down or 4xx → retried with backoff until mail.give_up_after_seconds;
 5xx for every recipient → failed at once, visible to the admin, never retried.
+The outcome goes to the store, which in the same transaction updates the row the
+mail belongs to (the job's report event, the received fax's state); the stages
+that own those rows react to their state, not to a callback from here.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import sqlite3
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Hashable
 
-from faxbridge.aio import wait_event
 from faxbridge.errors import Permanent, Transient
-from faxbridge.retarus.http import backoff
+from faxbridge.mail.service import MailService
+from faxbridge.retry import backoff
+from faxbridge.runner import Runner
+from faxbridge.runtime.config import ConfigProvider
+from faxbridge.runtime.db import Db
+from faxbridge.runtime.health import Health
+from faxbridge.runtime.wakeups import Wakeups
 
-if TYPE_CHECKING:
-    import sqlite3
 
-    from faxbridge.app import Bridge
+class Mailer(Runner[sqlite3.Row]):
+    name = "mail"
+    log = logging.getLogger("faxbridge.mail")
 
-log = logging.getLogger("faxbridge.mail")
+    def __init__(self, db: Db, config: ConfigProvider, mail: MailService, health: Health,
+                 wakeups: Wakeups) -> None:
+        super().__init__(wakeups.mail)
+        self.db, self.config, self.mail, self.health = db, config, mail, health
+        self.wakeups = wakeups
 
+    async def claim(self, limit: int, busy: frozenset[Hashable]) -> list[sqlite3.Row]:
+        row = await self.db.run(self.db.store.claim_mail)
+        return [row] if row is not None else []
 
-class Mailer:
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
+    def key(self, item: sqlite3.Row) -> Hashable:
+        return item["id"]
 
-    async def run(self) -> None:
-        store = self.bridge.store
-        assert store is not None
-        while True:
-            row = await self.bridge.db(store.claim_mail)
-            if row is None:
-                self.bridge.mail_wakeup.clear()
-                await wait_event(self.bridge.mail_wakeup, 1.0)
-                continue
-            try:
-                await self.dispose(row)
-            except Exception as exc:  # noqa: BLE001 - one mail never stops the worker
-                log.exception("mail %s: unexpected error", row["id"])
-                await self.bridge.db(store.finish_mail, row["id"], "failed", error=repr(exc))
+    def describe(self, item: sqlite3.Row) -> str:
+        return f"mail {item['id']} ({item['kind']} {item['ref']})"
+
+    async def failed(self, item: sqlite3.Row, exc: Exception) -> None:
+        await self._finish(item, "failed", error=repr(exc))
+
+    async def _finish(self, row: sqlite3.Row, state: str, **kw: object) -> None:
+        await self.db.run(self.db.store.finish_mail, row["id"], state, **kw)
+        if state == "failed" and row["kind"] == "inbound":
+            self.wakeups.inbound.set()  # the deliverer sends it to the fallback mailbox
 
     async def dispose(self, row: sqlite3.Row) -> None:
-        import json
-        store = self.bridge.store
-        assert store is not None
         rcpts = json.loads(row["recipients_json"])
-        mail_cfg = self.bridge.cfg.mail
+        mail_cfg = self.config.current.mail
+        metrics = self.health.metrics
         try:
-            refused = await self.bridge.transport.send(row["mail_from"], rcpts, row["raw"],
-                                                       key=str(row["id"]))
+            refused = await self.mail.transport.send(row["mail_from"], rcpts, row["raw"],
+                                                     key=str(row["id"]))
         except Transient as exc:
-            self.bridge.metrics.mail_deferred(row["kind"], str(exc))
+            metrics.mail_deferred(row["kind"], str(exc))
             age = time.time() - row["created"]
             if age > mail_cfg.give_up_after_seconds:
-                await self.bridge.db(store.finish_mail, row["id"], "failed",
-                                     error=f"gave up after {age:.0f}s: {exc}")
-                await self._on_failed(row, str(exc))
+                await self._finish(row, "failed", error=f"gave up after {age:.0f}s: {exc}")
                 return
             delay = backoff(row["attempts"] + 1, base=mail_cfg.retry_min_seconds,
                             cap=mail_cfg.retry_max_seconds)
             delay = max(delay, mail_cfg.retry_min_seconds / 2)
-            log.warning("mail %s (%s %s) deferred %.1fs: %s", row["id"], row["kind"],
-                        row["ref"], delay, exc)
-            await self.bridge.db(store.finish_mail, row["id"], "queued", error=str(exc),
-                                 next_attempt=time.time() + delay)
+            self.log.warning("mail %s (%s %s) deferred %.1fs: %s", row["id"], row["kind"],
+                             row["ref"], delay, exc)
+            await self._finish(row, "queued", error=str(exc), next_attempt=time.time() + delay)
             return
         except Permanent as exc:
-            self.bridge.metrics.mail_failures.labels(row["kind"], "refused").inc()
-            log.error("mail %s (%s %s) refused: %s", row["id"], row["kind"], row["ref"], exc)
-            await self.bridge.db(store.finish_mail, row["id"], "failed", error=str(exc))
-            await self._on_failed(row, str(exc))
+            metrics.mail_failures.labels(row["kind"], "refused").inc()
+            self.log.error("mail %s (%s %s) refused: %s", row["id"], row["kind"], row["ref"],
+                           exc)
+            await self._finish(row, "failed", error=str(exc))
             return
-        self.bridge.last_contact["relay"] = time.time()
-        self.bridge.metrics.mail_ok("deliver", row["kind"])
-        await self.bridge.db(store.finish_mail, row["id"], "sent",
-                             error=("partly refused: " + "; ".join(refused)) if refused else None)
-        if row["kind"] == "report" and row["ref"]:
-            await self.bridge.db(store.add_event, row["ref"], "report-sent",
-                                 f"report mail to {', '.join(rcpts)}"
-                                 + (f" (refused: {'; '.join(refused)})" if refused else ""))
-        hook = self.bridge.mail_sent_hooks.get(row["kind"])
-        if hook:
-            await hook(row, refused)
-
-    async def _on_failed(self, row: sqlite3.Row, error: str) -> None:
-        if row["kind"] == "report" and row["ref"]:
-            await self.bridge.db(self.bridge.store.add_event, row["ref"], "report-failed",
-                                 f"report mail could not be delivered: {error}")
-        hook = self.bridge.mail_failed_hooks.get(row["kind"])
-        if hook:
-            await hook(row, error)
+        self.health.last_contact["relay"] = time.time()
+        metrics.mail_ok("deliver", row["kind"])
+        await self._finish(row, "sent", refused=refused,
+                           error=("partly refused: " + "; ".join(refused)) if refused else None)
+        if row["kind"] == "inbound":
+            metrics.inbound_delivered.inc()

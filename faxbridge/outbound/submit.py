@@ -10,72 +10,78 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections import Counter
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from faxbridge.aio import wait_event
 from faxbridge.errors import AuthError, FaxbridgeError, Permanent, Transient, Unconfirmed
 from faxbridge.outbound.request import job_request, submission_body
-from faxbridge.retarus.http import backoff
+from faxbridge.outbound.track import Finisher
+from faxbridge.retarus.clients import RetarusClients
+from faxbridge.retry import backoff
+from faxbridge.runner import Runner
+from faxbridge.runtime.config import ConfigProvider
+from faxbridge.runtime.db import Db
+from faxbridge.runtime.health import Health
+from faxbridge.runtime.wakeups import Wakeups
 
 if TYPE_CHECKING:
-    import sqlite3
-
-    from faxbridge.app import Bridge
     from faxbridge.store import Store
 
 log = logging.getLogger("faxbridge.submit")
 
 
-class Submitter:
-    def __init__(self, bridge: Bridge, idle: float = 1.0) -> None:
-        self.bridge = bridge
+class Submitter(Runner[sqlite3.Row]):
+    """Up to fax.submit_concurrency submissions at once; a job is never in flight twice
+    (and the store's claim is guarded anyway). The confirmation pass runs beside it
+    on its own clock."""
+
+    name = "submit"
+    log = log
+
+    def __init__(self, db: Db, config: ConfigProvider, retarus: RetarusClients,
+                 health: Health, wakeups: Wakeups, finisher: Finisher,
+                 idle: float = 1.0) -> None:
+        super().__init__(wakeups.submit)
+        self.db, self.config, self.retarus, self.health = db, config, retarus, health
+        self.finisher = finisher
         self.idle = idle
 
+    @property
+    def concurrency(self) -> int:  # type: ignore[override]
+        return self.config.current.fax.submit_concurrency
+
     async def run(self) -> None:
-        """Dispatch due jobs to up to fax.submit_concurrency concurrent submissions;
-        a job is never in flight twice (and the store's claim is guarded anyway).
-        The confirmation pass runs beside it on its own clock."""
-        await self.recover()
-        store = self.bridge.store
-        assert store is not None
-        inflight: set[str] = set()
-        tasks: set[asyncio.Task[None]] = set()
         # Its own task, not a step of the dispatch loop: a listing of thousands of
         # reports must not hold up submissions, and the pass must keep its period
         # whether the dispatcher is idle, saturated or waiting on the store.
         confirmer = asyncio.create_task(self.confirm_loop(), name="confirm")
         try:
-            while True:
-                limit = self.bridge.cfg.fax.submit_concurrency - len(inflight)
-                jobs = (await self.bridge.db(store.next_jobs, limit, frozenset(inflight))
-                        if limit > 0 else [])
-                if not jobs:
-                    self.bridge.submit_wakeup.clear()
-                    await wait_event(self.bridge.submit_wakeup,
-                                     self.idle if limit > 0 else 0.05)
-                    continue
-                for job in jobs:
-                    inflight.add(job["id"])
-                    task = asyncio.create_task(self._one(job))
-                    tasks.add(task)
-                    task.add_done_callback(
-                        lambda t, i=job["id"]: (inflight.discard(i), tasks.discard(t),
-                                                self.bridge.submit_wakeup.set()))
+            await super().run()
         finally:
             confirmer.cancel()
             with contextlib.suppress(BaseException):
                 await confirmer
-            # Stop between items: submissions in flight finish (a POST is short), so a
-            # graceful stop leaves no job claimed but unsent; only a hang is cut off.
-            if tasks:
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait(list(tasks), timeout=15)
-            for task in list(tasks):
-                task.cancel()
+
+    async def prepare(self) -> None:
+        await self.recover()
+
+    async def claim(self, limit: int, busy: frozenset[Hashable]) -> list[sqlite3.Row]:
+        return await self.db.run(self.db.store.next_jobs, limit, busy)
+
+    def key(self, item: sqlite3.Row) -> Hashable:
+        return item["id"]
+
+    def describe(self, item: sqlite3.Row) -> str:
+        return f"job={item['id']} message_id={item['message_id']}"
+
+    async def failed(self, job: sqlite3.Row, exc: Exception) -> None:
+        await self.db.run(self.db.store.set_job_state, job["id"], "held", event="held",
+                          detail=f"unexpected error: {exc!r}", error=repr(exc))
 
     async def confirm_loop(self) -> None:
         """Run the confirmation pass every fax.report_poll_min_seconds for as long as
@@ -87,43 +93,31 @@ class Submitter:
                 await self.confirm_unconfirmed()
             except Exception:  # noqa: BLE001 - the next pass tries again
                 log.exception("confirmation pass failed; trying again in %.0fs",
-                              self.bridge.cfg.fax.report_poll_min_seconds)
-            await asyncio.sleep(self.bridge.cfg.fax.report_poll_min_seconds)
-
-    async def _one(self, job: sqlite3.Row) -> None:
-        store = self.bridge.store
-        assert store is not None
-        try:
-            await self.dispose(job)
-        except Exception as exc:  # noqa: BLE001 - never let one job stop the worker
-            log.exception("job=%s message_id=%s unexpected error; holding it", job["id"],
-                          job["message_id"])
-            await self.bridge.db(store.set_job_state, job["id"], "held",
-                                 event="held", detail=f"unexpected error: {exc!r}",
-                                 error=repr(exc))
+                              self.config.current.fax.report_poll_min_seconds)
+            await asyncio.sleep(self.config.current.fax.report_poll_min_seconds)
 
     async def dispose(self, job: sqlite3.Row) -> None:
-        store, fax4a = self.bridge.store, self.bridge.fax4a
-        assert store is not None and fax4a is not None
+        store, fax4a = self.db.store, self.retarus.fax4a
         job_id = job["id"]
-        docs = await self.bridge.db(store.job_documents, job_id)
-        recipients = await self.bridge.db(store.job_recipients, job_id)
-        push_secret = self.bridge.push_secret
+        docs = await self.db.run(store.job_documents, job_id)
+        recipients = await self.db.run(store.job_recipients, job_id)
+        push_secret = self.retarus.push_secret
         try:
             # built now from the stored job (not at accept time): the push URL is current
-            request = job_request(self.bridge.cfg, job, recipients, self.bridge.push_url())
+            request = job_request(self.config.current, job, recipients,
+                                  self.retarus.push_url())
             body = submission_body(with_validity(request, job),
                                    [(d["name"], d["charset"], d["data"]) for d in docs],
                                    push_secret)
         except ValidationError as exc:
-            await self.bridge.db(store.set_job_state, job_id, "held", event="held",
-                                 detail=f"request invalid before sending: {exc}",
-                                 error=str(exc), expect=("queued", "deferred"))
+            await self.db.run(store.set_job_state, job_id, "held", event="held",
+                              detail=f"request invalid before sending: {exc}",
+                              error=str(exc), expect=("queued", "deferred"))
             return
         # Everything is prepared (validated, serialised but for the base64 data, which
         # is encoded as it is sent): claim, then POST at once (a crash in between is
         # the only window recovery cannot decide; it is kept as small as possible).
-        if not await self.bridge.db(store.claim_job, job_id):
+        if not await self.db.run(store.claim_job, job_id):
             return
         if time.time() >= job["valid_until"]:
             # Retarus would refuse a job whose jobValid.end has passed (Job Expiration),
@@ -138,8 +132,8 @@ class Submitter:
             # pass promotes it once Retarus lists it under our customerDefinedId.
             log.warning("job=%s message_id=%s %s; not resending", job_id, job["message_id"],
                         exc)
-            await self.bridge.db(store.set_job_state, job_id, "held", event="unconfirmed",
-                                 detail=f"{exc}; {UNCONFIRMED_HINT}", error=UNCONFIRMED)
+            await self.db.run(store.set_job_state, job_id, "held", event="unconfirmed",
+                              detail=f"{exc}; {UNCONFIRMED_HINT}", error=UNCONFIRMED)
             return
         except (Transient, AuthError) as exc:
             now = time.time()
@@ -153,39 +147,37 @@ class Submitter:
                 log.error("job=%s message_id=%s Retarus refused our credentials: %s", job_id,
                           job["message_id"], exc)
                 delay = max(delay, 60.0)
-            self.bridge.metrics.submit_retries.inc()
-            await self.bridge.db(store.set_job_state, job_id, "deferred", event="deferred",
-                                    detail=f"{exc}; next try in {delay:.0f}s", error=str(exc),
-                                    next_attempt=now + delay)
+            self.health.metrics.submit_retries.inc()
+            await self.db.run(store.set_job_state, job_id, "deferred", event="deferred",
+                              detail=f"{exc}; next try in {delay:.0f}s", error=str(exc),
+                              next_attempt=now + delay)
             return
         except Permanent as exc:
             await self.not_submitted(job, f"The fax service refused the job ({exc}).")
             return
-        self.bridge.last_contact["retarus"] = time.time()
-        await self.bridge.db(store.set_job_state, job_id, "submitted", event="submitted",
-                                detail=f"Retarus jobId {retarus_id} via {base}",
-                                retarus_job_id=retarus_id, datacenter=base)
+        self.health.last_contact["retarus"] = time.time()
+        await self.db.run(store.set_job_state, job_id, "submitted", event="submitted",
+                          detail=f"Retarus jobId {retarus_id} via {base}",
+                          retarus_job_id=retarus_id, datacenter=base)
         log.info("job=%s message_id=%s submitted as %s", job_id, job["message_id"], retarus_id)
 
     async def not_submitted(self, job: sqlite3.Row, error: str) -> None:
         """Fail a job that never reached Retarus, with its "could not be sent" report."""
-        from faxbridge.outbound.track import finish
-        recipients = await self.bridge.db(self.bridge.store.job_recipients, job["id"])
+        recipients = await self.db.run(self.db.store.job_recipients, job["id"])
         results = [{"idx": r["idx"], "number": r["number"], "display_name": r["display_name"],
                     "status": "NOT_SENT", "reason": "not submitted"} for r in recipients]
-        await finish(self.bridge, job, results=results, submitted=False, source="submit",
-                     error=error, expect=("submitting",))
+        await self.finisher.finish(job, results=results, submitted=False, source="submit",
+                                   error=error, expect=("submitting",))
 
     async def recover(self) -> None:
         """Jobs left in `submitting` by a crash: the POST may or may not have reached
         Retarus. They become unconfirmed and go through the confirmation pass: found
         by customerDefinedId → submitted; not found → held for the admin, never resent."""
-        store = self.bridge.store
-        assert store is not None
-        for job in await self.bridge.db(store.jobs_in, ("submitting",)):
-            await self.bridge.db(store.set_job_state, job["id"], "held", event="unconfirmed",
-                                 detail=f"interrupted while submitting; {UNCONFIRMED_HINT}",
-                                 error=UNCONFIRMED)
+        store = self.db.store
+        for job in await self.db.run(store.jobs_in, ("submitting",)):
+            await self.db.run(store.set_job_state, job["id"], "held", event="unconfirmed",
+                              detail=f"interrupted while submitting; {UNCONFIRMED_HINT}",
+                              error=UNCONFIRMED)
 
     async def confirm_unconfirmed(self) -> None:
         """Look for unconfirmed jobs at Retarus and promote the ones found.
@@ -197,9 +189,8 @@ class Submitter:
         must have finished it: its jobValid.end (= valid_until, sent with the job)
         plus one report_poll_max_seconds for the report to be listed. Not listed by
         then means Retarus never had it; the job stays held, marked safe to release."""
-        store, fax4a = self.bridge.store, self.bridge.fax4a
-        assert store is not None and fax4a is not None
-        waiting = await self.bridge.db(store.held_for, UNCONFIRMED)
+        store, fax4a = self.db.store, self.retarus.fax4a
+        waiting = await self.db.run(store.held_for, UNCONFIRMED)
         if not waiting:
             return
         started = time.time()
@@ -209,17 +200,17 @@ class Submitter:
             log.warning("cannot look for %d unconfirmed job(s) at Retarus: %s", len(waiting),
                         exc)
             return
-        self.bridge.last_contact["retarus"] = time.time()
+        self.health.last_contact["retarus"] = time.time()
         per_dc = Counter(base for _, base in reports)
         # A full list may hide our report behind older ones: no conclusion from it.
         full = sorted(base for base, n in per_dc.items() if n >= LIST_LIMIT)
         by_ref = {(r.reference or {}).get("customerDefinedId"): (r, base) for r, base in reports}
-        grace = self.bridge.cfg.fax.report_poll_max_seconds
+        grace = self.config.current.fax.report_poll_max_seconds
         for job in waiting:
             found = by_ref.get(job["id"])
             if found:
                 rep, base = found
-                await self.bridge.db(
+                await self.db.run(
                     store.set_job_state, job["id"], "submitted", event="confirmed",
                     detail=f"found at Retarus as {rep.jobId} ({base})",
                     retarus_job_id=rep.jobId, datacenter=base, next_attempt=0,
@@ -232,12 +223,12 @@ class Submitter:
                                 "(%d reports): still looking", job["id"], ", ".join(full),
                                 LIST_LIMIT)
                     continue
-                await self.bridge.db(
+                await self.db.run(
                     store.set_job_state, job["id"], "held", event="not-found",
                     detail=(f"Retarus does not list customerDefinedId {job['id']} although "
-                            f"the job's validity ended {_iso(job['valid_until'])}: it was "
-                            "never taken, so the fax was not sent. "
-                            "`faxbridge jobs release ID` sends it now"),
+                                  f"the job's validity ended {_iso(job['valid_until'])}: it was "
+                                  "never taken, so the fax was not sent. "
+                                  "`faxbridge jobs release ID` sends it now"),
                     error=NOT_FOUND, expect=("held",))
                 log.warning("job=%s message_id=%s never found at Retarus; held for the admin "
                             "(safe to release)", job["id"], job["message_id"])

@@ -4,21 +4,24 @@ the status push. Both paths end in apply_report(), which is idempotent."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import sqlite3
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Hashable
+from typing import Any
 
 from faxbridge.errors import AuthError, NotFound, Transient
 from faxbridge.intake.numbers import same_number
 from faxbridge.mail.compose import ComposeError
+from faxbridge.mail.service import MailService
 from faxbridge.outbound.report import build_report, event_for, wanted
+from faxbridge.retarus.clients import RetarusClients
 from faxbridge.retarus.models import FaxReport
-
-if TYPE_CHECKING:
-    import sqlite3
-
-    from faxbridge.app import Bridge
+from faxbridge.runner import Runner
+from faxbridge.runtime.config import ConfigProvider
+from faxbridge.runtime.db import Db
+from faxbridge.runtime.health import Health
+from faxbridge.runtime.wakeups import Wakeups
 
 log = logging.getLogger("faxbridge.track")
 
@@ -44,93 +47,115 @@ def match_results(recipients: list[sqlite3.Row], report: FaxReport) -> list[dict
     return out
 
 
-async def finish(bridge: Bridge, job: sqlite3.Row, *, results: list[dict[str, Any]],
-                 submitted: bool, source: str, pages: int | None = None,
-                 error: str | None = None, datacenter: str | None = None,
-                 expect: tuple[str, ...] = ("submitted",)) -> bool:
-    """Final state + per-recipient results + report mail, in one transaction."""
-    store = bridge.store
-    assert store is not None
-    event = event_for(results, submitted)
-    mail = None
-    if wanted(job["notify"], event):
-        docs: list[tuple[str, str, bytes]] = []
-        if job["attach_documents"]:
-            docs = [(d["name"], d["content_type"], d["data"])
-                    for d in await bridge.db(store.job_documents, job["id"])]
-        try:
-            raw = build_report(bridge.composer, job, results, event,
-                               mail_from=bridge.cfg.mail.from_address, pages=pages,
-                               error=error, documents=docs)
-        except ComposeError as exc:
-            bridge.metrics.compose_failed("report", str(exc))
-            raise
-        bridge.metrics.mail_ok("compose", "report")
-        mail = (bridge.cfg.mail.from_address, [job["sender"]], raw)
-    state = "done" if event in ("delivered", "partial") else "failed"
-    summary = ", ".join(f"{r['number']} {r['status'] or '-'}" for r in results)
-    changed = await bridge.db(store.finish_job, job["id"], state, event=state,
-                              detail=f"{event} ({source}): {summary}" + (
-                                  f"; {error}" if error else ""),
-                              recipients=results, error=error, datacenter=datacenter,
-                              mail=mail, expect=expect)
-    if changed:
-        if submitted:
-            bridge.metrics.report_latency.observe(time.time() - job["created"])
-        log.info("job=%s message_id=%s %s via %s", job["id"], job["message_id"], event, source)
-        bridge.mail_wakeup.set()
-    return changed
+class Finisher:
+    """Records a job's final outcome: the submitter (never submitted), the tracker
+    (poll, timeout) and the status push webhook all end a job here."""
+
+    def __init__(self, db: Db, config: ConfigProvider, mail: MailService, health: Health,
+                 wakeups: Wakeups) -> None:
+        self.db, self.config, self.mail, self.health = db, config, mail, health
+        self.wakeups = wakeups
+
+    async def finish(self, job: sqlite3.Row, *, results: list[dict[str, Any]],
+                     submitted: bool, source: str, pages: int | None = None,
+                     error: str | None = None, datacenter: str | None = None,
+                     expect: tuple[str, ...] = ("submitted",)) -> bool:
+        """Final state + per-recipient results + report mail, in one transaction."""
+        store, cfg, metrics = self.db.store, self.config.current, self.health.metrics
+        event = event_for(results, submitted)
+        mail = None
+        if wanted(job["notify"], event):
+            docs: list[tuple[str, str, bytes]] = []
+            if job["attach_documents"]:
+                docs = [(d["name"], d["content_type"], d["data"])
+                        for d in await self.db.run(store.job_documents, job["id"])]
+            try:
+                raw = build_report(self.mail.composer, job, results, event,
+                                   mail_from=cfg.mail.from_address, pages=pages,
+                                   error=error, documents=docs)
+            except ComposeError as exc:
+                metrics.compose_failed("report", str(exc))
+                raise
+            metrics.mail_ok("compose", "report")
+            mail = (cfg.mail.from_address, [job["sender"]], raw)
+        state = "done" if event in ("delivered", "partial") else "failed"
+        summary = ", ".join(f"{r['number']} {r['status'] or '-'}" for r in results)
+        changed = await self.db.run(store.finish_job, job["id"], state, event=state,
+                                    detail=f"{event} ({source}): {summary}" + (
+                                        f"; {error}" if error else ""),
+                                    recipients=results, error=error, datacenter=datacenter,
+                                    mail=mail, expect=expect)
+        if changed:
+            if submitted:
+                metrics.report_latency.observe(time.time() - job["created"])
+            log.info("job=%s message_id=%s %s via %s", job["id"], job["message_id"], event,
+                     source)
+            self.wakeups.mail.set()
+        return changed
+
+    async def apply_report(self, job: sqlite3.Row, report: FaxReport, source: str,
+                           datacenter: str | None = None) -> bool:
+        recipients = await self.db.run(self.db.store.job_recipients, job["id"])
+        results = match_results(recipients, report)
+        return await self.finish(job, results=results, submitted=True, source=source,
+                                 pages=report.pages, datacenter=datacenter)
 
 
-async def apply_report(bridge: Bridge, job: sqlite3.Row, report: FaxReport, source: str,
-                       datacenter: str | None = None) -> bool:
-    recipients = await bridge.db(bridge.store.job_recipients, job["id"])
-    results = match_results(recipients, report)
-    return await finish(bridge, job, results=results, submitted=True, source=source,
-                        pages=report.pages, datacenter=datacenter)
+class Tracker(Runner[sqlite3.Row]):
+    """Polls the final report of each submitted job that is due."""
 
+    name = "track"
+    log = log
+    expected = (ComposeError,)
 
-class Tracker:
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
+    def __init__(self, db: Db, config: ConfigProvider, retarus: RetarusClients,
+                 health: Health, finisher: Finisher) -> None:
+        super().__init__()
+        self.db, self.config, self.retarus, self.health = db, config, retarus, health
+        self.finisher = finisher
 
-    async def run(self) -> None:
-        store = self.bridge.store
-        assert store is not None
-        while True:
-            due = await self.bridge.db(store.due_submitted, time.time())
-            for job in due:
-                try:
-                    await self.poll(job)
-                except ComposeError as exc:  # nothing recorded: the next poll tries again
-                    log.error("job=%s final report not recorded: %s", job["id"], exc)
-                    await self.bridge.db(store.schedule_poll, job["id"],
-                                         time.time() + self._interval(job),
-                                         f"final, but {exc}", str(exc))
-                except Exception:  # noqa: BLE001 - one job never stops the tracker
-                    log.exception("job=%s tracking error", job["id"])
-                    await self.bridge.db(store.schedule_poll, job["id"],
-                                         time.time() + self._interval(job), "tracking error",
-                                         "tracking error (see the log)")
-            await asyncio.sleep(min(1.0, self.bridge.cfg.fax.report_poll_min_seconds / 2))
+    @property
+    def idle(self) -> float:  # type: ignore[override]
+        return min(1.0, self.config.current.fax.report_poll_min_seconds / 2)
+
+    async def claim(self, limit: int, busy: frozenset[Hashable]) -> list[sqlite3.Row]:
+        return await self.db.run(self.db.store.due_submitted, time.time())
+
+    async def pause(self, claimed: int, failed: int) -> None:
+        await self.wait(self.idle)  # each job polled is scheduled again for later
+
+    def key(self, item: sqlite3.Row) -> Hashable:
+        return item["id"]
+
+    def describe(self, item: sqlite3.Row) -> str:
+        return f"job={item['id']} message_id={item['message_id']}"
+
+    async def failed(self, job: sqlite3.Row, exc: Exception) -> None:
+        if isinstance(exc, ComposeError):  # nothing recorded: the next poll tries again
+            log.error("job=%s final report not recorded: %s", job["id"], exc)
+            detail, error = f"final, but {exc}", str(exc)
+        else:
+            detail, error = "tracking error", "tracking error (see the log)"
+        await self.db.run(self.db.store.schedule_poll, job["id"],
+                          time.time() + self._interval(job), detail, error)
 
     def _interval(self, job: sqlite3.Row) -> float:
-        fax = self.bridge.cfg.fax
+        fax = self.config.current.fax
         age = time.time() - job["created"]
         return min(fax.report_poll_max_seconds, max(fax.report_poll_min_seconds, age / 2))
 
-    async def poll(self, job: sqlite3.Row) -> None:
-        store, fax4a = self.bridge.store, self.bridge.fax4a
-        assert store is not None and fax4a is not None
+    async def dispose(self, job: sqlite3.Row) -> None:
+        store, fax4a = self.db.store, self.retarus.fax4a
         now = time.time()
         if now > job["valid_until"]:
-            recipients = await self.bridge.db(store.job_recipients, job["id"])
+            recipients = await self.db.run(store.job_recipients, job["id"])
             results = [{"idx": r["idx"], "number": r["number"],
                         "display_name": r["display_name"], "status": "UNKNOWN",
                         "reason": "no final report before the job's validity ended"}
                        for r in recipients]
-            await finish(self.bridge, job, results=results, submitted=True, source="timeout",
-                         error="No final report arrived from the fax service in time.")
+            await self.finisher.finish(
+                job, results=results, submitted=True, source="timeout",
+                error="No final report arrived from the fax service in time.")
             return
         error = None
         try:
@@ -140,54 +165,65 @@ class Tracker:
         except (Transient, AuthError) as exc:
             detail = error = f"report poll failed: {exc}"
         else:
-            self.bridge.last_contact["retarus"] = time.time()
+            self.health.last_contact["retarus"] = time.time()
             if report.final:
-                await apply_report(self.bridge, job, report, "poll", datacenter=base)
+                await self.finisher.apply_report(job, report, "poll", datacenter=base)
                 return
             detail = f"PENDING at {base}"
-        await self.bridge.db(store.schedule_poll, job["id"], now + self._interval(job), detail,
-                             error)
+        await self.db.run(store.schedule_poll, job["id"], now + self._interval(job), detail,
+                          error)
 
 
-class ReportCleaner:
+class ReportCleaner(Runner[tuple[str | None, list[sqlite3.Row]]]):
     """Deletes final reports at Retarus once stored here (the Fax4A docs recommend
-    deleting fetched reports; the list endpoint only shows the oldest 1000)."""
+    deleting fetched reports; the list endpoint only shows the oldest 1000). One item
+    is one data center's reports (a bulk delete), or one report whose data center is
+    unknown."""
 
-    def __init__(self, bridge: Bridge, every: float = 5.0) -> None:
-        self.bridge = bridge
-        self.every = every
+    name = "report-cleanup"
+    log = log
 
-    async def run(self) -> None:
-        while True:
-            if self.bridge.cfg.retarus.delete_reports:
-                try:
-                    await self.once()
-                except Exception:  # noqa: BLE001
-                    log.exception("report clean-up failed; will retry")
-            await asyncio.sleep(self.every)
+    def __init__(self, db: Db, config: ConfigProvider, retarus: RetarusClients,
+                 every: float = 5.0) -> None:
+        super().__init__()
+        self.db, self.config, self.retarus = db, config, retarus
+        self.idle = every
 
-    async def once(self) -> None:
-        store, fax4a = self.bridge.store, self.bridge.fax4a
-        assert store is not None and fax4a is not None
-        rows = await self.bridge.db(store.reports_to_delete)
+    async def claim(self, limit: int, busy: frozenset[Hashable]
+                    ) -> list[tuple[str | None, list[sqlite3.Row]]]:
+        if not self.config.current.retarus.delete_reports:
+            return []
+        rows = await self.db.run(self.db.store.reports_to_delete)
+        known = self.retarus.fax4a.ep.datacenter_urls
         by_dc: dict[str | None, list[sqlite3.Row]] = {}
         for r in rows:
-            dc = r["datacenter"] if r["datacenter"] in fax4a.ep.datacenter_urls else None
+            dc = r["datacenter"] if r["datacenter"] in known else None
             by_dc.setdefault(dc, []).append(r)
-        for dc, jobs in by_dc.items():
-            if dc is None:  # data center unknown: delete where it is found
-                for j in jobs:
-                    try:
-                        rep = await fax4a.delete_report(j["retarus_job_id"])
-                    except Transient as exc:  # one unreachable DC: the next pass retries
-                        log.warning("job=%s report clean-up deferred: %s", j["id"], exc)
-                        continue
-                    await self.bridge.db(store.mark_reports_deleted, [j["id"]],
-                                         f"deleted at Retarus: {rep.deleted} {rep.reason or ''}")
-                continue
-            ids = {j["retarus_job_id"]: j["id"] for j in jobs}
-            results = await fax4a.bulk("DELETE", list(ids), dc)
-            await self.bridge.db(store.mark_reports_deleted, list(ids.values()),
-                                 f"bulk delete at {dc}: " + ", ".join(
-                                     f"{r.jobId} {'deleted' if r.deleted else r.reason}"
-                                     for r in results)[:500])
+        return [(dc, [j]) for j in by_dc.pop(None, [])] + list(by_dc.items())
+
+    async def pause(self, claimed: int, failed: int) -> None:
+        await self.wait(self.idle)  # one unreachable data center: the next pass retries
+
+    def describe(self, item: tuple[str | None, list[sqlite3.Row]]) -> str:
+        dc, jobs = item
+        return f"report clean-up at {dc or 'an unknown data center'} (job={jobs[0]['id']}…)"
+
+    async def dispose(self, item: tuple[str | None, list[sqlite3.Row]]) -> None:
+        dc, jobs = item
+        store, fax4a = self.db.store, self.retarus.fax4a
+        if dc is None:  # data center unknown: delete where it is found
+            j = jobs[0]
+            try:
+                rep = await fax4a.delete_report(j["retarus_job_id"])
+            except Transient as exc:
+                log.warning("job=%s report clean-up deferred: %s", j["id"], exc)
+                return
+            await self.db.run(store.mark_reports_deleted, [j["id"]],
+                              f"deleted at Retarus: {rep.deleted} {rep.reason or ''}")
+            return
+        ids = {j["retarus_job_id"]: j["id"] for j in jobs}
+        results = await fax4a.bulk("DELETE", list(ids), dc)
+        await self.db.run(store.mark_reports_deleted, list(ids.values()),
+                          f"bulk delete at {dc}: " + ", ".join(
+                              f"{r.jobId} {'deleted' if r.deleted else r.reason}"
+                              for r in results)[:500])

@@ -8,7 +8,6 @@ Status codes per docs/retarus-wire.md §2.7: 400/404/409 permanent; 401/403 auth
 from __future__ import annotations
 
 import email.utils
-import random
 import time
 from typing import TypeVar
 
@@ -60,13 +59,3 @@ async def request(client: httpx.AsyncClient, method: str, url: str, what: str,
     except httpx.TransportError as exc:
         raise Transient(f"{what}: connection failed ({type(exc).__name__}: {exc})") from exc
     return check(resp, what)
-
-
-def backoff(attempt: int, *, base: float = 1.0, cap: float = 300.0,
-            retry_after_s: float | None = None) -> float:
-    """Exponential backoff with full jitter (attempt 1 → up to `base`), capped;
-    a server's Retry-After wins when it asks for longer."""
-    delay = random.uniform(0, min(cap, base * (2 ** max(0, attempt - 1))))
-    if retry_after_s is not None:
-        delay = max(delay, min(retry_after_s, cap))
-    return delay

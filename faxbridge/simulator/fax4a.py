@@ -24,9 +24,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from faxbridge.basic_auth import basic_ok
 from faxbridge.simulator.state import DATACENTERS, HA, SimJob, SimState, new_job_id, sim_state
 from faxbridge.simulator.validate import page_count, validate_job
-from faxbridge.web.basic import basic_ok
 
 log = logging.getLogger("faxbridge.simulator")
 

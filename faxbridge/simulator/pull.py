@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from faxbridge.basic_auth import basic_ok
 from faxbridge.simulator.state import sim_state
-from faxbridge.web.basic import basic_ok
 
 BASE = "/faxin/rest/v1"
 

@@ -27,7 +27,11 @@ from faxbridge.outbound.request import fax_options
 from faxbridge.store import NewDocument, NewJob, NewRecipient, SmtpLogRecord, new_job_id
 
 if TYPE_CHECKING:
-    from faxbridge.app import Bridge
+    from faxbridge.metrics import Metrics
+    from faxbridge.runtime.config import ConfigProvider
+    from faxbridge.runtime.db import Db, Offload
+    from faxbridge.runtime.wakeups import Wakeups
+    from faxbridge.store.groupcommit import GroupCommitter
 
 log = logging.getLogger("faxbridge.smtp")
 
@@ -43,12 +47,14 @@ class Tx:
 
 
 class FaxHandler:
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
+    def __init__(self, config: ConfigProvider, db: Db, cpu: Offload,
+                 committer: GroupCommitter, metrics: Metrics, wakeups: Wakeups) -> None:
+        self.config, self.db, self.cpu, self.committer = config, db, cpu, committer
+        self.metrics, self.wakeups = metrics, wakeups
 
     @property
     def cfg(self):  # noqa: ANN201 - always the current config (live reload)
-        return self.bridge.cfg
+        return self.config.current
 
     # ----------------------------------------------------------- helpers
     def _new_tx(self, session: Session, mail_from: str) -> Tx:
@@ -74,12 +80,9 @@ class FaxHandler:
         reason = tx.record.reply or (refused[-1] if refused else reply or "")
         if reply and not tx.record.reply:
             tx.record.reply = f"{reply} after {refused[-1]}" if refused else reply
-        self.bridge.metrics.smtp_reply(reason, False)
-        store = self.bridge.store
-        if store is None:
-            return
+        self.metrics.smtp_reply(reason, False)
         # Off the event loop: a commit waits for fsync.
-        fut = asyncio.ensure_future(self.bridge.db(store.add_log, tx.record))
+        fut = asyncio.ensure_future(self.db.run(self.db.store.add_log, tx.record))
         fut.add_done_callback(_log_failure)
 
     # ------------------------------------------------------------- hooks
@@ -103,7 +106,7 @@ class FaxHandler:
         cfg = self.cfg
         decision = accept.recipient(cfg, tx.state, address)
         if decision.pending:
-            counts = await self.bridge.db(self._counts, tx.state.sender.lower(),
+            counts = await self.db.run(self._counts, tx.state.sender.lower(),
                                           decision.pending)
             decision = accept.recipient(cfg, tx.state, address, counts)
         tx.state.record(address, decision)
@@ -122,8 +125,7 @@ class FaxHandler:
         return decision.reply
 
     def _counts(self, sender: str, windows: tuple[accept.Window, ...]) -> dict[str, int]:
-        store = self.bridge.store
-        assert store is not None
+        store = self.db.store
         now = time.time()
         return {w.label: store.count_jobs_since(sender, now - w.seconds) for w in windows}
 
@@ -139,7 +141,7 @@ class FaxHandler:
         assert rule is not None  # set with the first accepted recipient
         cfg = self.cfg
         try:
-            ext = await self.bridge.cpu(extract, raw, cfg.fax.allowed_types, rule.body)
+            ext = await self.cpu.run(extract, raw, cfg.fax.allowed_types, rule.body)
         except Exception as exc:  # noqa: BLE001 - the parser must never crash a session
             log.exception("MIME parsing failed")
             rec.reply = replies.S554_BAD_MIME.format(why=str(exc)[:200])
@@ -179,10 +181,8 @@ class FaxHandler:
         rec.ok = True
         rec.timings["total_before_commit_ms"] = round((time.perf_counter() - tx.started)
                                                       * 1000, 2)
-        store = self.bridge.store
-        assert store is not None
         try:
-            await self.bridge.committer.commit(job, rec)
+            await self.committer.commit(job, rec)
         except StoreError as exc:
             log.error("store failure, answering 451: %s", exc)
             rec.ok, rec.job_id = False, None
@@ -191,10 +191,10 @@ class FaxHandler:
             self.flush(session)  # the log record is tried on its own (it may fail too)
             return rec.reply
         tx.logged = True
-        self.bridge.metrics.smtp_reply(rec.reply, True)
+        self.metrics.smtp_reply(rec.reply, True)
         log.info("accepted job=%s message_id=%s from=%s to=%s docs=%d", job.id,
                  ext.message_id, job.sender, ",".join(n for n, *_ in fax), len(ext.documents))
-        self.bridge.wake_submitter()
+        self.wakeups.submit.set()
         return rec.reply
 
     async def handle_RSET(self, server: Any, session: Session, envelope: Envelope) -> str:

@@ -4,17 +4,18 @@ STARTTLS, AUTH, SIZE and timeouts from the config."""
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+import ssl
+from collections.abc import Callable
+from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
 
 from faxbridge import replies
+from faxbridge.listen import address, bind
+from faxbridge.runtime.config import ConfigProvider
+from faxbridge.runtime.health import Health
 from faxbridge.smtp.auth import verify_password
 from faxbridge.smtp.handler import FaxHandler
-from faxbridge.web.server import address, bind
-
-if TYPE_CHECKING:
-    from faxbridge.app import Bridge
 
 
 class FaxSMTP(SMTP):
@@ -22,24 +23,24 @@ class FaxSMTP(SMTP):
     sessions inside DATA (shutdown waits for them), an open-sessions gauge, and
     the log record of a transaction whose client disconnects without QUIT."""
 
-    bridge: Bridge
+    health: Health
     _refused = False
 
     def connection_made(self, transport: Any) -> None:
-        if not self.bridge.accepting:
+        if not self.health.accepting:
             self._refused = True
             transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
             transport.close()
             return
-        self.bridge.metrics.sessions.inc()
+        self.health.metrics.sessions.inc()
         super().connection_made(transport)
 
     async def smtp_DATA(self, arg: str) -> None:
-        self.bridge.sessions_in_data += 1
+        self.health.sessions_in_data += 1
         try:
             await self._data(arg)
         finally:
-            self.bridge.sessions_in_data -= 1
+            self.health.sessions_in_data -= 1
 
     async def _data(self, arg: str) -> None:
         """DATA, collected into one growing buffer.
@@ -114,27 +115,26 @@ class FaxSMTP(SMTP):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:
             return
-        self.bridge.metrics.sessions.dec()
+        self.health.metrics.sessions.dec()
         handler = self.event_handler
         if isinstance(handler, FaxHandler) and self.session is not None:
             handler.flush(self.session, "(connection lost)")
         super().connection_lost(exc)
 
 
-async def start_smtp(bridge: Bridge,
+async def start_smtp(handler: FaxHandler, config: ConfigProvider, health: Health,
+                     tls: Callable[[], ssl.SSLContext | None],
                      listen: str | None = None) -> tuple[asyncio.base_events.Server, str]:
     """Bind `listen` (default: the current smtp.listen) and serve SMTP on it.
 
-    The STARTTLS context is not fixed here: each new session takes
-    `bridge.smtp_tls` as it is when the client connects. The bridge builds and
-    validates that context in its preflight, so a reload can switch certificates
-    without closing the port, and a certificate that does not load never
-    replaces the one in use."""
-    handler = FaxHandler(bridge)
+    The STARTTLS context is not fixed here: each new session takes `tls()` as it
+    is when the client connects. The app builds and validates that context in
+    its preflight, so a reload can switch certificates without closing the port,
+    and a certificate that does not load never replaces the one in use."""
 
     def authenticator(server: Any, session: Any, envelope: Any, mechanism: str,
                       auth_data: Any) -> AuthResult:
-        users = {u.name: u.password_hash for u in bridge.cfg.smtp.users}
+        users = {u.name: u.password_hash for u in config.current.smtp.users}
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         name = auth_data.login.decode("utf-8", "replace")
@@ -145,13 +145,13 @@ async def start_smtp(bridge: Bridge,
         return AuthResult(success=False, handled=False)
 
     def factory() -> FaxSMTP:
-        current = bridge.cfg.smtp
+        current = config.current.smtp
         smtp = FaxSMTP(
             handler,
             data_size_limit=current.max_message_size,
             hostname=current.hostname,
             ident=current.banner,
-            tls_context=bridge.smtp_tls,
+            tls_context=tls(),
             require_starttls=False,
             timeout=current.timeout,
             authenticator=authenticator if current.users else None,
@@ -161,9 +161,9 @@ async def start_smtp(bridge: Bridge,
             enable_SMTPUTF8=True,
             loop=asyncio.get_running_loop(),
         )
-        smtp.bridge = bridge
+        smtp.health = health
         return smtp
 
-    sock = bind(listen or bridge.cfg.smtp.listen, "smtp.listen")
+    sock = bind(listen or config.current.smtp.listen, "smtp.listen")
     server = await asyncio.get_running_loop().create_server(factory, sock=sock)
     return server, address(sock)

@@ -463,11 +463,48 @@ class Store:
         return rows[0] if rows else None
 
     def finish_mail(self, mail_id: int, state: str, *, error: str | None = None,
-                    next_attempt: float | None = None) -> None:
+                    next_attempt: float | None = None, refused: list[str] | None = None) -> None:
+        """Record a mail's outcome, and in the same transaction what it means for the
+        row it belongs to: a report mail's `report-sent` / `report-failed` event on its
+        job, a received fax `delivered` once its mail is sent. A crash can no longer
+        keep the one without the other. (A received fax whose mail was refused stays
+        `mailing` with that mail failed: the deliverer reacts to that state.)"""
+        now = time.time()
         with self.db.tx() as c:
             c.execute("UPDATE mail_out SET state=?, updated=?, last_error=COALESCE(?,last_error),"
                       " next_attempt=COALESCE(?,next_attempt), attempts=attempts+1 WHERE id=?",
-                      (state, time.time(), error, next_attempt, mail_id))
+                      (state, now, error, next_attempt, mail_id))
+            if state not in ("sent", "failed"):
+                return
+            row = c.execute("SELECT kind, ref, recipients_json FROM mail_out WHERE id=?",
+                            (mail_id,)).fetchone()
+            if row is None or not row["ref"]:
+                return
+            to = ", ".join(json.loads(row["recipients_json"]))
+            note = f"refused: {'; '.join(refused)}" if refused else None
+            if row["kind"] == "report" and state == "sent":
+                self._event(c, row["ref"], "report-sent",
+                            f"report mail to {to}" + (f" ({note})" if note else ""))
+            elif row["kind"] == "report":
+                self._event(c, row["ref"], "report-failed",
+                            f"report mail could not be delivered: {error}")
+            elif row["kind"] == "inbound" and state == "sent":
+                c.execute("UPDATE inbound SET state='delivered', updated=?, delivered_to=?, "
+                          "last_error=COALESCE(?,last_error) WHERE id=? AND state='mailing'",
+                          (now, to, note, row["ref"]))
+
+    def inbound_to_deliver(self, limit: int = 100) -> list[sqlite3.Row]:
+        """Received faxes whose next step is the deliverer's: stored ones (mail them),
+        and those `mailing` whose latest mail is settled — failed (fallback mailbox or
+        hold), or sent / missing in a store written before the mail's outcome and the
+        fax's state were one transaction. Each row carries its latest mail's state,
+        error and recipients as mail_state, mail_error, mail_to_json."""
+        return self.db.query(
+            "SELECT i.*, m.state AS mail_state, m.last_error AS mail_error, "
+            "m.recipients_json AS mail_to_json FROM inbound i LEFT JOIN mail_out m ON m.id = "
+            "(SELECT MAX(id) FROM mail_out WHERE kind='inbound' AND ref=i.id) "
+            "WHERE i.state='stored' OR (i.state='mailing' AND (m.id IS NULL OR "
+            "m.state IN ('sent','failed'))) ORDER BY i.created LIMIT ?", (limit,))
 
     def latest_mail(self, kind: str, ref: str) -> sqlite3.Row | None:
         rows = self.db.query("SELECT * FROM mail_out WHERE kind=? AND ref=? ORDER BY id DESC "

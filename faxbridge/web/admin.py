@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-if TYPE_CHECKING:
-    from faxbridge.app import Bridge
+from faxbridge.inbound.deliver import FaxMail
+from faxbridge.runtime.config import ConfigProvider
+from faxbridge.runtime.db import Db
+from faxbridge.runtime.wakeups import Wakeups
 
 
 def _row(row: Any) -> dict[str, Any]:
@@ -22,9 +24,10 @@ def _row(row: Any) -> dict[str, Any]:
     return out
 
 
-def admin_routes(bridge: Bridge) -> list[Route]:
+def admin_routes(db: Db, config: ConfigProvider, wakeups: Wakeups,
+                 fax_mail: FaxMail) -> list[Route]:
     def guard(request: Request) -> Response | None:
-        token = bridge.cfg.http.admin_token.resolve()
+        token = config.current.http.admin_token.resolve()
         if not token:
             return JSONResponse({"error": "admin API disabled: set http.admin_token"},
                                 status_code=403)
@@ -39,70 +42,68 @@ def admin_routes(bridge: Bridge) -> list[Route]:
             return guard(request) or await fn(request)
         return wrapped
 
-    store = lambda: bridge.store  # noqa: E731 - the store of the running bridge
+    store = lambda: db.store  # noqa: E731 - the store of the running bridge
 
     @endpoint
     async def log_list(request: Request) -> Response:
         q = request.query_params
         since = float(q["since"]) if q.get("since") else None
-        rows = await bridge.db(store().list_log, failed=q.get("failed") == "1",
-                               sender=q.get("sender"), number=q.get("number"), since=since,
-                               limit=int(q.get("limit", 100)))
+        rows = await db.run(store().list_log, failed=q.get("failed") == "1",
+                            sender=q.get("sender"), number=q.get("number"), since=since,
+                            limit=int(q.get("limit", 100)))
         return JSONResponse([_row(r) for r in rows])
 
     @endpoint
     async def log_one(request: Request) -> Response:
-        row = await bridge.db(store().log_entry, int(request.path_params["id"]))
+        row = await db.run(store().log_entry, int(request.path_params["id"]))
         return JSONResponse(_row(row)) if row else JSONResponse({"error": "not found"}, 404)
 
     @endpoint
     async def jobs(request: Request) -> Response:
         q = request.query_params
-        rows = await bridge.db(store().list_jobs, state=q.get("state"), sender=q.get("sender"),
-                               limit=int(q.get("limit", 100)))
+        rows = await db.run(store().list_jobs, state=q.get("state"), sender=q.get("sender"),
+                            limit=int(q.get("limit", 100)))
         return JSONResponse([_row(r) for r in rows])
 
     @endpoint
     async def job(request: Request) -> Response:
         job_id = request.path_params["id"]
-        row = await bridge.db(store().job, job_id)
+        row = await db.run(store().job, job_id)
         if row is None:
             return JSONResponse({"error": "not found"}, 404)
         from faxbridge.outbound.submit import confirmation
         return JSONResponse({**_row(row), "confirmation": confirmation(row),
                              "recipients": [_row(r) for r in
-                                            await bridge.db(store().job_recipients, job_id)],
+                                            await db.run(store().job_recipients, job_id)],
                              "events": [_row(e) for e in
-                                        await bridge.db(store().job_events, job_id)]})
+                                        await db.run(store().job_events, job_id)]})
 
     @endpoint
     async def release(request: Request) -> Response:
         from faxbridge.outbound.submit import release_job
         job_id = request.path_params["id"]
         force = request.query_params.get("force") in ("1", "true")
-        ok, message = await bridge.db(release_job, store(), job_id, by="the admin API",
-                                      force=force)
+        ok, message = await db.run(release_job, store(), job_id, by="the admin API",
+                                   force=force)
         if not ok:
             return JSONResponse({"error": message}, 409)
-        bridge.wake_submitter()
+        wakeups.submit.set()
         return JSONResponse({"released": job_id})
 
     @endpoint
     async def inbox(request: Request) -> Response:
-        rows = await bridge.db(store().list_inbound, int(request.query_params.get("limit", 100)))
+        rows = await db.run(store().list_inbound, int(request.query_params.get("limit", 100)))
         return JSONResponse([_row(r) for r in rows])
 
     @endpoint
     async def resend(request: Request) -> Response:
-        from faxbridge.inbound.deliver import Deliverer
         key = request.path_params["id"]
-        row = await bridge.db(store().inbound, key)
+        row = await db.run(store().inbound, key)
         if row is None:
             return JSONResponse({"error": "not found"}, 404)
         body = json.loads(await request.body() or b"{}")
         to = body.get("to")
-        await Deliverer(bridge).queue(row, to=to,
-                                      note="Sent again at the administrator's request.")
+        await fax_mail.queue(row, to=to, note="Sent again at the administrator's request.")
         return JSONResponse({"resent": key, "to": to or "mapped addresses"})
 
     return [

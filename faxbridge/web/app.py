@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from faxbridge.basic_auth import basic_ok
+from faxbridge.mail.compose import ComposeError
+from faxbridge.outbound.track import Finisher
+from faxbridge.retarus.clients import RetarusClients
 from faxbridge.retarus.models import FaxReport
-from faxbridge.web.basic import basic_ok
-
-if TYPE_CHECKING:
-    from faxbridge.app import Bridge
+from faxbridge.runtime.config import ConfigProvider
+from faxbridge.runtime.db import Db
+from faxbridge.runtime.health import Health
 
 log = logging.getLogger("faxbridge.web")
 
 
-def build_web_app(bridge: Bridge) -> Starlette:
+def build_web_app(db: Db, config: ConfigProvider, health: Health, retarus: RetarusClients,
+                  finisher: Finisher, admin: list[BaseRoute]) -> Starlette:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
 
@@ -28,20 +31,19 @@ def build_web_app(bridge: Bridge) -> Starlette:
         checks: dict[str, object] = {}
         reasons: list[str] = []  # why not ready, one line each
         try:
-            assert bridge.store is not None
-            await bridge.db(bridge.store.writable)
+            await db.run(db.store.writable)
             checks["store"] = "ok (writable)"
         except Exception as exc:  # noqa: BLE001
             checks["store"] = f"error: {exc}"
             reasons.append(f"store: {exc}")
-        checks["smtp"] = bridge.smtp_address or "not listening"
-        if bridge.smtp_address is None:
+        checks["smtp"] = health.smtp_address or "not listening"
+        if health.smtp_address is None:
             reasons.append("smtp: not listening")
-        elif not bridge.accepting:
+        elif not health.accepting:
             reasons.append("smtp: shutting down")
-        checks["last_contact"] = dict(bridge.last_contact)
+        checks["last_contact"] = dict(health.last_contact)
         topics = {}
-        for name, st in bridge.topic_states.items():
+        for name, st in health.topic_states.items():
             topics[name] = {"status": st.status, "last_poll": st.last_poll,
                             "last_success": st.last_success, "last_error": st.last_error,
                             "received": st.received}
@@ -51,7 +53,7 @@ def build_web_app(bridge: Bridge) -> Starlette:
         checks["topics"] = topics
         # Reports and received faxes that keep failing to be composed or delivered:
         # the bridge still accepts mail, but its users hear nothing back.
-        mail, mail_reasons = bridge.metrics.mail_problems()
+        mail, mail_reasons = health.metrics.mail_problems()
         checks["mail"] = mail or "ok"
         reasons += mail_reasons
         body: dict[str, object] = {"ready": not reasons, "checks": checks}
@@ -63,7 +65,7 @@ def build_web_app(bridge: Bridge) -> Starlette:
         """Retarus status push (docs/retarus-wire.md §4): JSON, Basic auth. Answers 2xx only after
         the outcome is committed; an unknown or already final job changes nothing."""
         if not basic_ok(request.headers.get("authorization", ""),
-                        bridge.cfg.retarus.push_username, bridge.push_secret):
+                        config.current.retarus.push_username, retarus.push_secret):
             return Response("authentication required\n", status_code=401,
                             headers={"WWW-Authenticate": 'Basic realm="faxbridge push"'})
         ctype = request.headers.get("content-type", "")
@@ -75,20 +77,17 @@ def build_web_app(bridge: Bridge) -> Starlette:
         except ValidationError as exc:
             return JSONResponse({"error": f"not a fax report: {exc.errors()[:3]}"},
                                 status_code=400)
-        store = bridge.store
-        assert store is not None
-        job = await bridge.db(store.job_by_retarus_id, report.jobId)
+        store = db.store
+        job = await db.run(store.job_by_retarus_id, report.jobId)
         if job is None:
             log.warning("status push for unknown Retarus job %s ignored", report.jobId)
             return JSONResponse({"status": "unknown job, ignored"})
         statuses = ", ".join(r.status for r in report.recipientStatus)
-        await bridge.db(store.add_event, job["id"], "push", f"status push: {statuses}")
+        await db.run(store.add_event, job["id"], "push", f"status push: {statuses}")
         if not report.final:
             return JSONResponse({"status": "not final, noted"})
-        from faxbridge.mail.compose import ComposeError
-        from faxbridge.outbound.track import apply_report
         try:
-            changed = await apply_report(bridge, job, report, "push")
+            changed = await finisher.apply_report(job, report, "push")
         except ComposeError as exc:
             # Nothing was committed; Retarus pushes again, the report poll retries too.
             log.error("job=%s status push not recorded: %s", job["id"], exc)
@@ -97,11 +96,10 @@ def build_web_app(bridge: Bridge) -> Starlette:
         return JSONResponse({"status": "recorded" if changed else "already final"})
 
     async def metrics(request: Request) -> Response:
-        body = await bridge.db(bridge.metrics.render, bridge.store, bridge.topic_states)
+        body = await db.run(health.metrics.render, db.store, health.topic_states)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    from faxbridge.web.admin import admin_routes
     return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz),
                              Route("/metrics", metrics),
                              Route("/retarus/push", push, methods=["POST"]),
-                             *admin_routes(bridge)])
+                             *admin])
