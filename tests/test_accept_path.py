@@ -188,7 +188,7 @@ async def test_route_decides_like_the_listener(tls_bridge):
 
     async def counts(sender: str) -> dict[str, int]:
         now = time.time()
-        return {label: await bridge.db(bridge.store.count_jobs_since, sender.lower(),
+        return {label: await bridge.db.run(bridge.store.count_jobs_since, sender.lower(),
                                        now - seconds)
                 for label, seconds in (("hour", 3600), ("day", 86400))}
 
