@@ -22,7 +22,7 @@ from faxbridge.runtime.health import Health
 from faxbridge.runtime.wakeups import Wakeups
 
 if TYPE_CHECKING:
-    from faxbridge.config import Topic
+    from faxbridge.config import Config, Topic
     from faxbridge.mail.compose import Composer
 
 log = logging.getLogger("faxbridge.inbound")
@@ -55,6 +55,17 @@ def addresses_for(topic: Topic, meta: dict[str, Any]) -> list[str]:
         if numbers.same_number(called, mb.number):
             return list(mb.addresses)
     return list(topic.addresses)
+
+
+def mapped_addresses(cfg: Config, row: sqlite3.Row) -> tuple[list[str], str | None]:
+    """Where a received fax's mail goes: its topic's addresses (or its called number's),
+    or mail.fallback_mailbox when the topic is no longer configured, with a note
+    saying so for the reader."""
+    topic = next((t for t in cfg.topics if t.name == row["topic"]), None)
+    if topic is None:
+        return ([cfg.mail.fallback_mailbox],
+                f"Topic {row['topic']} is no longer configured.")
+    return addresses_for(topic, json.loads(row["metadata_json"])), None
 
 
 def attachment_name(fax_id: str, calling: Any, received: Any, original: str, n: int) -> str:
@@ -90,18 +101,12 @@ class FaxMail:
         self.db, self.config, self.mail, self.health = db, config, mail, health
         self.wakeups = wakeups
 
-    def topic(self, name: str) -> Topic | None:
-        return next((t for t in self.config.current.topics if t.name == name), None)
-
     async def queue(self, row: sqlite3.Row, to: list[str] | None = None,
                     note: str | None = None) -> None:
         store, cfg = self.db.store, self.config.current
-        topic = self.topic(row["topic"])
-        meta = json.loads(row["metadata_json"])
-        if to is None:
-            to = addresses_for(topic, meta) if topic else [cfg.mail.fallback_mailbox]
-            if topic is None:
-                note = f"topic {row['topic']} is no longer configured"
+        if not to:
+            to, gone = mapped_addresses(cfg, row)
+            note = " ".join(filter(None, (note, gone))) or None
         files = await self.db.run(store.inbound_files, row["id"])
         try:
             raw = compose_fax_mail(self.mail.composer, cfg.mail.from_address, row, files, to,

@@ -1,27 +1,37 @@
 """Admin JSON API under /admin/, behind `Authorization: Bearer <http.admin_token>`.
-The same views as the CLI: SMTP log, jobs, inbox; release a held job; resend a fax."""
+The same operations as the CLI (faxbridge.operations): SMTP log, jobs, inbox; release
+a held job; resend a fax. This module only maps requests to them and answers in JSON."""
 
 from __future__ import annotations
 
 import json
 import secrets
-from typing import Any
+from collections.abc import Mapping
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from faxbridge import operations as ops
 from faxbridge.inbound.deliver import FaxMail
+from faxbridge.mail.compose import ComposeError
 from faxbridge.runtime.config import ConfigProvider
 from faxbridge.runtime.db import Db
 from faxbridge.runtime.wakeups import Wakeups
 
 
-def _row(row: Any) -> dict[str, Any]:
-    out = {k: v for k, v in dict(row).items() if k not in ("raw", "request_json", "data")}
-    for key in [k for k in out if k.endswith("_json")]:
-        out[key.removesuffix("_json")] = json.loads(out.pop(key))
-    return out
+def _int(query: Mapping[str, str], key: str, default: int) -> int:
+    try:
+        return int(query.get(key, default))
+    except ValueError:
+        raise ops.BadQuery(f"{key}: expected a whole number, got {query[key]!r}") from None
+
+
+def _since(query: Mapping[str, str]) -> float | None:
+    try:
+        return ops.parse_since(query.get("since"))
+    except ops.BadQuery as exc:
+        raise ops.BadQuery(f"since: {exc}") from None
 
 
 def admin_routes(db: Db, config: ConfigProvider, wakeups: Wakeups,
@@ -39,7 +49,12 @@ def admin_routes(db: Db, config: ConfigProvider, wakeups: Wakeups,
 
     def endpoint(fn):  # noqa: ANN001, ANN202
         async def wrapped(request: Request) -> Response:
-            return guard(request) or await fn(request)
+            if denied := guard(request):
+                return denied
+            try:
+                return await fn(request)
+            except ops.BadQuery as exc:
+                return JSONResponse({"error": str(exc)}, 400)
         return wrapped
 
     store = lambda: db.store  # noqa: E731 - the store of the running bridge
@@ -47,64 +62,69 @@ def admin_routes(db: Db, config: ConfigProvider, wakeups: Wakeups,
     @endpoint
     async def log_list(request: Request) -> Response:
         q = request.query_params
-        since = float(q["since"]) if q.get("since") else None
-        rows = await db.run(store().list_log, failed=q.get("failed") == "1",
-                            sender=q.get("sender"), number=q.get("number"), since=since,
-                            limit=int(q.get("limit", 100)))
-        return JSONResponse([_row(r) for r in rows])
+        return JSONResponse(await db.run(
+            ops.list_log, store(), failed=q.get("failed") == "1", sender=q.get("sender"),
+            number=q.get("number"), since=_since(q),
+            limit=_int(q, "limit", 100)))
 
     @endpoint
     async def log_one(request: Request) -> Response:
-        row = await db.run(store().log_entry, int(request.path_params["id"]))
-        return JSONResponse(_row(row)) if row else JSONResponse({"error": "not found"}, 404)
+        rec = await db.run(ops.log_record, store(), int(request.path_params["id"]))
+        return JSONResponse(rec) if rec else JSONResponse({"error": "not found"}, 404)
 
     @endpoint
     async def jobs(request: Request) -> Response:
         q = request.query_params
-        rows = await db.run(store().list_jobs, state=q.get("state"), sender=q.get("sender"),
-                            limit=int(q.get("limit", 100)))
-        return JSONResponse([_row(r) for r in rows])
+        return JSONResponse(await db.run(ops.list_jobs, store(), state=q.get("state"),
+                                            sender=q.get("sender"),
+                                            limit=_int(q, "limit", 100)))
 
     @endpoint
     async def job(request: Request) -> Response:
-        job_id = request.path_params["id"]
-        row = await db.run(store().job, job_id)
-        if row is None:
-            return JSONResponse({"error": "not found"}, 404)
-        from faxbridge.outbound.submit import confirmation
-        return JSONResponse({**_row(row), "confirmation": confirmation(row),
-                             "recipients": [_row(r) for r in
-                                            await db.run(store().job_recipients, job_id)],
-                             "events": [_row(e) for e in
-                                        await db.run(store().job_events, job_id)]})
+        view = await db.run(ops.show_job, store(), request.path_params["id"])
+        return JSONResponse(view) if view else JSONResponse({"error": "not found"}, 404)
 
     @endpoint
     async def release(request: Request) -> Response:
-        from faxbridge.outbound.submit import release_job
         job_id = request.path_params["id"]
         force = request.query_params.get("force") in ("1", "true")
-        ok, message = await db.run(release_job, store(), job_id, by="the admin API",
-                                   force=force)
-        if not ok:
-            return JSONResponse({"error": message}, 409)
+        outcome = await db.run(ops.release_job, store(), job_id, by="the admin API",
+                                  force=force)
+        if not outcome.ok:
+            return JSONResponse({"error": outcome.message}, 409)
         wakeups.submit.set()
         return JSONResponse({"released": job_id})
 
     @endpoint
     async def inbox(request: Request) -> Response:
-        rows = await db.run(store().list_inbound, int(request.query_params.get("limit", 100)))
-        return JSONResponse([_row(r) for r in rows])
+        return JSONResponse(await db.run(ops.list_inbox, store(),
+                                            _int(request.query_params, "limit", 100)))
 
     @endpoint
     async def resend(request: Request) -> Response:
-        key = request.path_params["id"]
-        row = await db.run(store().inbound, key)
-        if row is None:
-            return JSONResponse({"error": "not found"}, 404)
-        body = json.loads(await request.body() or b"{}")
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError as exc:
+            raise ops.BadQuery(f"body: expected JSON such as {{\"to\": [\"a@b\"]}}: {exc}") \
+                from None
+        if not isinstance(body, dict):
+            raise ops.BadQuery(f"body: expected a JSON object such as {{\"to\": [\"a@b\"]}}, "
+                               f"got {body!r}")
         to = body.get("to")
-        await fax_mail.queue(row, to=to, note="Sent again at the administrator's request.")
-        return JSONResponse({"resent": key, "to": to or "mapped addresses"})
+        if to is not None and not (isinstance(to, list) and all(isinstance(a, str) for a in to)):
+            raise ops.BadQuery(f"to: expected a list of addresses, got {to!r}")
+        try:
+            done = await db.run(ops.resend_inbound, store(), config.current, fax_mail.mail.composer,
+                                   request.path_params["id"], to)
+        except ops.NotFound:
+            return JSONResponse({"error": "not found"}, 404)
+        except ComposeError as exc:
+            # The same health signal as a received fax whose mail cannot be composed.
+            fax_mail.health.metrics.compose_failed("inbound", str(exc))
+            return JSONResponse({"error": f"not queued: {exc}"}, 500)
+        fax_mail.health.metrics.mail_ok("compose", "inbound")
+        wakeups.mail.set()
+        return JSONResponse(done)
 
     return [
         Route("/admin/log", log_list), Route("/admin/log/{id:int}", log_one),

@@ -1,0 +1,78 @@
+"""Configuration helpers: `faxbridge check`, `example-config`, `hash-password`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from faxbridge import config as config_mod
+from faxbridge.cli.common import load_config, with_config
+from faxbridge.errors import ConfigError
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """The file, then what it names (TLS files, secrets, data directory): the same
+    preflight `serve` runs at start and on every reload."""
+    from faxbridge.preflight import preflight
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"{exc.source or 'config'}: {len(exc.problems)} error(s)")
+        for p in exc.problems:
+            print(f"  {p}")
+        return 1
+    pre = preflight(cfg)
+    if pre.errors:
+        print(f"{args.config or 'embedded default'}: {len(pre.errors)} error(s)")
+        for p in pre.errors:
+            print(f"  {p}")
+    bad_templates = _template_problems(cfg)
+    if pre.errors or bad_templates:
+        for w in pre.warnings:
+            print(f"  warning: {w}")
+        return 1
+    print("ok")
+    for w in pre.warnings:
+        print(f"  warning: {w}")
+    for line in config_mod.summary(cfg):
+        print("  " + line)
+    return 0
+
+
+def _template_problems(cfg: config_mod.Config) -> bool:
+    """The same template check as `serve` runs before it starts; prints what it finds."""
+    from faxbridge.mail.compose import Composer
+    problems = Composer(cfg.mail.template_dir, cfg.smtp.hostname).check()
+    if problems:
+        print(f"mail templates: {len(problems)} error(s)")
+        for p in problems:
+            print(f"  {p}")
+    return bool(problems)
+
+
+def cmd_example_config(args: argparse.Namespace) -> int:
+    from faxbridge.resources import example_config
+    sys.stdout.write(example_config())
+    return 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from faxbridge.smtp.auth import hash_password
+    pw = args.password if args.password is not None else getpass.getpass("password: ")
+    print(hash_password(pw))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = with_config(sub.add_parser("check", help="validate a config file"))
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("example-config",
+                       help="print the example config (faxbridge example-config > config.toml)")
+    s.set_defaults(func=cmd_example_config)
+
+    s = sub.add_parser("hash-password", help="hash an SMTP AUTH password for the config")
+    s.add_argument("--password", help="(default: prompt)")
+    s.set_defaults(func=cmd_hash_password)

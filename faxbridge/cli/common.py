@@ -1,0 +1,50 @@
+"""What the command modules share: loading the config, opening the store of a data
+directory, printing times and JSON."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from faxbridge import config as config_mod
+
+if TYPE_CHECKING:
+    from faxbridge.store import Store
+
+
+def load_config(path: str | None) -> config_mod.Config:
+    if path is None:
+        return config_mod.embedded_default()
+    return config_mod.load(Path(path))
+
+
+def ts(t: float | None) -> str:
+    if not t:
+        return "-"
+    return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def open_store(args: argparse.Namespace) -> Store:
+    """The store of --data-dir, else of the config's data directory; never a new one
+    (a typo in the path must not look like an empty bridge)."""
+    from faxbridge.store import Store
+    cfg = load_config(args.config)
+    data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else cfg.storage.data_dir
+    db = data_dir / "faxbridge.sqlite3"
+    if not db.exists():
+        raise SystemExit(f"no store at {db} (has `faxbridge serve` run with this data dir?)")
+    return Store(db)
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    sp.add_argument("--config", metavar="PATH", help="config file (default: embedded)")
+    return sp

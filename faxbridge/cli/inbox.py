@@ -1,0 +1,50 @@
+"""`faxbridge inbox [list|resend ID]`: received faxes, through the same operations as
+the admin API's /admin/inbox."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from faxbridge import operations as ops
+from faxbridge.cli.common import load_config, open_store, print_json, ts, with_config
+
+
+def cmd_inbox(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    if args.action == "resend":
+        from faxbridge.mail.compose import ComposeError, Composer
+        cfg = load_config(args.config)
+        try:
+            done = ops.resend_inbound(store, cfg,
+                                      Composer(cfg.mail.template_dir, cfg.smtp.hostname),
+                                      args.id, to=args.to)
+        except ops.NotFound as exc:
+            print(exc)
+            return 1
+        except ComposeError as exc:
+            print(f"fax {args.id} not queued: {exc}", file=sys.stderr)
+            return 1
+        print(f"fax {done['resent']} queued again for {', '.join(done['to'])} "
+              "(the running bridge sends it)")
+        return 0
+    faxes = ops.list_inbox(store, args.limit)
+    if args.json:
+        print_json(faxes)
+        return 0
+    for r in faxes:
+        print(f"{r['id']:<22} {ts(r['received'])}  {r['state']:<9} "
+              f"{'acked' if r['acked'] else 'unacked':<7} {r['delivered_to'] or '-'}"
+              + (f"  ({r['last_error']})" if r["last_error"] else ""))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = with_config(sub.add_parser("inbox", help="received faxes"))
+    s.add_argument("action", nargs="?", choices=["list", "resend"], default="list")
+    s.add_argument("id", nargs="?", help="fax id (topic/id or the Retarus id)")
+    s.add_argument("--to", action="append", metavar="ADDR", help="(resend) other address(es)")
+    s.add_argument("--data-dir")
+    s.add_argument("--limit", type=int, default=100)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_inbox)

@@ -1,0 +1,171 @@
+"""What an administrator does to a bridge's store, once for both interfaces: the CLI
+(`faxbridge jobs|inbox|log`) and the admin HTTP API (/admin/…) call these functions
+and only print or serialise what they return, so the two cannot diverge.
+
+Every function takes the store (and the configuration where it needs one), runs
+synchronously (the web side runs it off the event loop) and returns plain,
+JSON-ready data: the CLI's --json output and the API's answer are the same value."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from faxbridge.config import Config
+    from faxbridge.mail.compose import Composer
+    from faxbridge.store import Store
+
+# Columns never shown: the mail as received and the stored request are large and have
+# their own views (`jobs show --raw`), and file data is binary.
+HIDDEN = frozenset({"raw", "request_json", "data"})
+RESEND_NOTE = "Sent again at the administrator's request."
+# How far back a resend by Retarus fax id (rather than topic/id) looks.
+FIND_BY_FAX_ID_LIMIT = 1000
+
+
+class BadQuery(ValueError):
+    """A filter value that cannot be understood; the message says what was expected."""
+
+
+class NotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of a change: whether it was made, and a sentence for the admin."""
+
+    ok: bool
+    message: str
+
+
+def _fields(row: Any) -> dict[str, Any]:
+    # Rows are sqlite3.Row today; accepting mappings and dataclasses keeps these views
+    # independent of how the store represents a row.
+    if dataclasses.is_dataclass(row) and not isinstance(row, type):
+        return dataclasses.asdict(row)
+    return dict(row)  # sqlite3.Row iterates its values; dict() gives the columns
+
+
+def public(row: Any) -> dict[str, Any]:
+    """A row as shown to the admin: hidden columns left out, JSON columns decoded
+    under their name without the `_json` suffix."""
+    out = {k: v for k, v in _fields(row).items() if k not in HIDDEN}
+    for key in [k for k in out if k.endswith("_json")]:
+        out[key.removesuffix("_json")] = json.loads(out.pop(key))
+    return out
+
+
+def parse_since(value: str | None, now: float | None = None) -> float | None:
+    """'2h', '30m', '7d', an ISO date or time, or seconds since the epoch."""
+    if not value:
+        return None
+    now = time.time() if now is None else now
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if value[-1] in units and value[:-1].isdigit():
+        return now - int(value[:-1]) * units[value[-1]]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return dt.datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise BadQuery(f"expected e.g. 2h, 30m, 7d, 2026-11-22 or seconds since the epoch, "
+                       f"got {value!r}") from None
+
+
+# ------------------------------------------------------------------ outbound jobs
+def list_jobs(store: Store, *, state: str | None = None, sender: str | None = None,
+              limit: int = 100) -> list[dict[str, Any]]:
+    return [public(r) for r in store.list_jobs(state=state, sender=sender, limit=limit)]
+
+
+def show_job(store: Store, job_id: str) -> dict[str, Any] | None:
+    """One job with its recipients, documents (without their data), timeline and,
+    for a held unconfirmed submission, what releasing it would mean."""
+    from faxbridge.outbound.submit import confirmation
+    job = store.job(job_id)
+    if job is None:
+        return None
+    docs = [{"name": d["name"], "type": d["content_type"], "size": len(d["data"])}
+            for d in store.job_documents(job_id)]
+    return {**public(job), "confirmation": confirmation(job),
+            "recipients": [public(r) for r in store.job_recipients(job_id)],
+            "documents": docs,
+            "events": [public(e) for e in store.job_events(job_id)]}
+
+
+def job_message(store: Store, job_id: str) -> bytes | None:
+    """The mail exactly as it was received, for debugging routing."""
+    return store.job_raw(job_id)
+
+
+def release_job(store: Store, job_id: str, *, by: str, force: bool = False) -> Outcome:
+    """Put a held job back in the queue. One the confirmation pass is still looking
+    for at Retarus is refused unless forced (it may be sent twice)."""
+    from faxbridge.outbound.submit import release_job as release
+    ok, message = release(store, job_id, by=by, force=force)
+    return Outcome(ok, message)
+
+
+# ------------------------------------------------------------------ received faxes
+def _inbox_entry(store: Store, row: Any) -> dict[str, Any]:
+    r = _fields(row)
+    return {"id": r["id"], "fax_id": r["fax_id"], "topic": r["topic"], "state": r["state"],
+            "acked": bool(r["acked"]), "received": r["created"],
+            "delivered_to": r["delivered_to"], "last_error": r["last_error"],
+            "metadata": json.loads(r["metadata_json"]),
+            "files": [f["name"] for f in store.inbound_files(r["id"])]}
+
+
+def list_inbox(store: Store, limit: int = 100) -> list[dict[str, Any]]:
+    """Received faxes, newest first, with their ack and delivery state."""
+    return [_inbox_entry(store, r) for r in store.list_inbound(limit)]
+
+
+def find_inbound(store: Store, key: str) -> Any | None:
+    """A received fax by its key (topic/fax id) or by the Retarus fax id alone."""
+    return store.inbound(key) or next(
+        (r for r in store.list_inbound(FIND_BY_FAX_ID_LIMIT) if r["fax_id"] == key), None)
+
+
+def resend_inbound(store: Store, cfg: Config, composer: Composer, key: str,
+                   to: list[str] | None = None) -> dict[str, Any]:
+    """Queue the mail of a received fax again: to `to`, or to the addresses its topic
+    maps it to (the fallback mailbox when the topic is gone). The running bridge's
+    mail worker sends it. Raises NotFound, and ComposeError when the mail cannot be
+    composed (nothing is queued then)."""
+    from faxbridge.inbound.deliver import compose_fax_mail, mapped_addresses
+    row = find_inbound(store, key)
+    if row is None:
+        raise NotFound(f"no received fax {key}")
+    note = RESEND_NOTE
+    if not to:
+        to, gone = mapped_addresses(cfg, row)
+        note = " ".join(filter(None, (note, gone)))
+    raw = compose_fax_mail(composer, cfg.mail.from_address, row, store.inbound_files(row["id"]),
+                           to, note=note)
+    store.queue_mail("inbound", row["id"], cfg.mail.from_address, to, raw,
+                     inbound_state=(row["id"], "mailing"))
+    return {"resent": row["id"], "to": list(to)}
+
+
+# ------------------------------------------------------------------ SMTP log
+def list_log(store: Store, *, failed: bool = False, sender: str | None = None,
+             number: str | None = None, since: float | None = None,
+             limit: int = 100) -> list[dict[str, Any]]:
+    """SMTP transactions, newest first; `number` matches any recipient's number."""
+    return [public(r) for r in store.list_log(failed=failed, sender=sender, number=number,
+                                              since=since, limit=limit)]
+
+
+def log_record(store: Store, log_id: int) -> dict[str, Any] | None:
+    """One SMTP transaction with every decision: recipients, parts, reply, timings."""
+    row = store.log_entry(log_id)
+    return public(row) if row is not None else None
