@@ -3,6 +3,10 @@
 Every section forbids unknown keys, so a typo is an error with its key path
 (`senders[1].allow[0]`) instead of a silently ignored setting. Secrets are
 never in the file itself: `*_env` names an environment variable, `*_file` a file.
+
+Longer than our other modules on purpose: it is the whole schema, one model per
+section, mirroring config.example.toml section by section, so an admin's key path
+and the code that checks it are found in one file.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ the extraction result): no I/O, no asyncio, no store. The SMTP handler turns eac
 Decision into its reply and SMTP log record; `faxbridge route` runs the same
 functions in the same order (`simulate`) and prints the steps, so the admin's
 "why was this refused?" gets the listener's answer, not a second opinion.
+
+A little over 300 lines on purpose: MAIL, RCPT, DATA and `simulate` (the route
+command's run of them in the listener's order) must change together.
 """
 
 from __future__ import annotations
