@@ -106,15 +106,21 @@ def stream(address: str, counter: itertools.count, accepted: list[str],
             accepted.append(msg.decode().split("Queued as ")[1].split(":")[0])
 
 
-@contextlib.asynccontextmanager
-async def astreaming(address: str, counter: itertools.count, accepted: list[str],
-                     connections: int = 3) -> AsyncIterator[None]:
-    """`streaming` for async tests: the threads are joined without blocking the loop."""
+def _start_streams(address: str, counter: itertools.count, accepted: list[str],
+                   connections: int) -> tuple[threading.Event, list[threading.Thread]]:
     stop = threading.Event()
     threads = [threading.Thread(target=stream, args=(address, counter, accepted, stop))
                for _ in range(connections)]
     for th in threads:
         th.start()
+    return stop, threads
+
+
+@contextlib.asynccontextmanager
+async def astreaming(address: str, counter: itertools.count, accepted: list[str],
+                     connections: int = 3) -> AsyncIterator[None]:
+    """`streaming` for async tests: the threads are joined without blocking the loop."""
+    stop, threads = _start_streams(address, counter, accepted, connections)
     try:
         yield
     finally:
@@ -127,11 +133,7 @@ async def astreaming(address: str, counter: itertools.count, accepted: list[str]
 def streaming(address: str, counter: itertools.count, accepted: list[str],
               connections: int = 3) -> Iterator[None]:
     """`stream` on several connections in threads for the duration of the block."""
-    stop = threading.Event()
-    threads = [threading.Thread(target=stream, args=(address, counter, accepted, stop))
-               for _ in range(connections)]
-    for th in threads:
-        th.start()
+    stop, threads = _start_streams(address, counter, accepted, connections)
     try:
         yield
     finally:
