@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -66,13 +67,13 @@ def test_schema_version_and_wal(tmp_path):
                  documents=[NewDocument("a.txt", "text/plain", b"hi", "UTF-8")], options={},
                  raw=b"", deadline=0, valid_until=0)
     s.create_jobs([(job, None)])
-    assert [r["id"] for r in s.next_jobs(1)] == [job.id]
-    assert s.claim_job(job.id) and s.job(job.id)["state"] == "submitting"
+    assert [r.id for r in s.next_jobs(1)] == [job.id]
+    assert s.claim_job(job.id) and s.job(job.id).state == "submitting"
     assert not s.claim_job(job.id) and s.next_jobs(1) == []
     # a final state cannot be undone by a late transition guarded with expect=
     s.set_job_state(job.id, "done", event="done")
     assert not s.set_job_state(job.id, "submitted", event="x", expect=("submitting",))
-    assert s.job(job.id)["state"] == "done"
+    assert s.job(job.id).state == "done"
 
 
 def test_smtp_log_retention_prunes_only_old_records(tmp_path):
@@ -81,7 +82,7 @@ def test_smtp_log_retention_prunes_only_old_records(tmp_path):
     s.add_log(SmtpLogRecord(ts=time.time() - 100 * 86400, reply="old"))
     s.add_log(SmtpLogRecord(reply="new"))
     assert s.prune_log(time.time() - 90 * 86400) == 1
-    assert [r["reply"] for r in s.list_log()] == ["new"]
+    assert [r.reply for r in s.list_log()] == ["new"]
 
 
 def test_migration_moves_stored_messages_out_of_jobs(tmp_path):
@@ -102,5 +103,5 @@ def test_migration_moves_stored_messages_out_of_jobs(tmp_path):
     s = Store(path)
     assert s.db.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION
     assert s.job_raw("J1") == b"From: a\r\n"
-    assert "raw" not in dict(s.job("J1"))  # the column is gone
+    assert "raw" not in dataclasses.asdict(s.job("J1"))  # the column is gone
     s.close()
