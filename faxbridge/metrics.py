@@ -111,7 +111,7 @@ class Metrics:
 
     def render(self, store: Store, topic_states: dict) -> bytes:
         """Refresh the gauges that are read from the store, then expose everything."""
-        from faxbridge.store import OUT_STATES
+        from faxbridge.store.new import OUT_STATES
         now = time.time()
         counts = store.job_state_counts()
         for state in OUT_STATES:
