@@ -49,7 +49,7 @@ def _fields(row: Any) -> dict[str, Any]:
     # The store's rows are dataclasses (store.rows); plain mappings are accepted too.
     if dataclasses.is_dataclass(row) and not isinstance(row, type):
         return dataclasses.asdict(row)
-    return dict(row)  # sqlite3.Row iterates its values; dict() gives the columns
+    return dict(row)  # a mapping (e.g. a test's dict)
 
 
 def public(row: Any) -> dict[str, Any]:
