@@ -45,8 +45,9 @@ from faxbridge.runtime.wakeups import Wakeups
 from faxbridge.simulator.app import SimState, build_app
 from faxbridge.smtp.handler import FaxHandler
 from faxbridge.smtp.server import start_smtp
-from faxbridge.store import Store
+from faxbridge.store import open_store
 from faxbridge.store.groupcommit import GroupCommitter
+from faxbridge.store.protocol import Store
 from faxbridge.web.admin import admin_routes
 from faxbridge.web.app import build_web_app
 
@@ -164,7 +165,7 @@ class Bridge:
             raise TemplateError(problems)
         data_dir = cfg.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = db = Db(Store(data_dir / "faxbridge.sqlite3", cfg.storage.busy_timeout_ms))
+        self.db = db = Db(open_store(data_dir / "faxbridge.sqlite3", cfg.storage.busy_timeout_ms))
         self.committer = GroupCommitter(db.store, db.run)
         if cfg.retarus.mode == "simulator" and not cfg.retarus.send_url:
             self.sim_state = SimState(customer_number=cfg.retarus.customer_number,

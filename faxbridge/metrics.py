@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 if TYPE_CHECKING:
-    from faxbridge.store import Store
+    from faxbridge.store.protocol import Store
 
 
 # Fixed label values (bounded cardinality), keyed by how each reply of replies.py starts.
@@ -111,20 +111,12 @@ class Metrics:
 
     def render(self, store: Store, topic_states: dict) -> bytes:
         """Refresh the gauges that are read from the store, then expose everything."""
-        from faxbridge.store import OUT_STATES
+        from faxbridge.store.new import OUT_STATES
         now = time.time()
-        counts = {row[0]: row[1] for row in store.db.query(
-            "SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+        counts = store.job_state_counts()
         for state in OUT_STATES:
             self.jobs.labels(state).set(counts.get(state, 0))
-        for queue, sql in (
-                ("jobs", "SELECT COUNT(*), MIN(created) FROM jobs "
-                         "WHERE state IN ('queued','deferred','submitting')"),
-                ("tracking", "SELECT COUNT(*), MIN(created) FROM jobs WHERE state='submitted'"),
-                ("mail_out", "SELECT COUNT(*), MIN(created) FROM mail_out WHERE state='queued'"),
-                ("inbound", "SELECT COUNT(*), MIN(created) FROM inbound "
-                            "WHERE state IN ('stored','mailing')")):
-            n, oldest = store.db.query(sql)[0]
+        for queue, (n, oldest) in store.queues().items():
             self.queue_depth.labels(queue).set(n)
             self.queue_age.labels(queue).set(now - oldest if oldest else 0)
         for name, st in topic_states.items():

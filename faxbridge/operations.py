@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from faxbridge.config import Config
     from faxbridge.mail.compose import Composer
-    from faxbridge.store import Store
+    from faxbridge.store.protocol import Store
+    from faxbridge.store.rows import InboundFax
 
 # Columns never shown: the mail as received and the stored request are large and have
 # their own views (`jobs show --raw`), and file data is binary.
@@ -45,11 +46,10 @@ class Outcome:
 
 
 def _fields(row: Any) -> dict[str, Any]:
-    # Rows are sqlite3.Row today; accepting mappings and dataclasses keeps these views
-    # independent of how the store represents a row.
+    # The store's rows are dataclasses (store.rows); plain mappings are accepted too.
     if dataclasses.is_dataclass(row) and not isinstance(row, type):
         return dataclasses.asdict(row)
-    return dict(row)  # sqlite3.Row iterates its values; dict() gives the columns
+    return dict(row)  # a mapping (e.g. a test's dict)
 
 
 def public(row: Any) -> dict[str, Any]:
@@ -93,7 +93,7 @@ def show_job(store: Store, job_id: str) -> dict[str, Any] | None:
     job = store.job(job_id)
     if job is None:
         return None
-    docs = [{"name": d["name"], "type": d["content_type"], "size": len(d["data"])}
+    docs = [{"name": d.name, "type": d.content_type, "size": len(d.data)}
             for d in store.job_documents(job_id)]
     return {**public(job), "confirmation": confirmation(job),
             "recipients": [public(r) for r in store.job_recipients(job_id)],
@@ -115,13 +115,12 @@ def release_job(store: Store, job_id: str, *, by: str, force: bool = False) -> O
 
 
 # ------------------------------------------------------------------ received faxes
-def _inbox_entry(store: Store, row: Any) -> dict[str, Any]:
-    r = _fields(row)
-    return {"id": r["id"], "fax_id": r["fax_id"], "topic": r["topic"], "state": r["state"],
-            "acked": bool(r["acked"]), "received": r["created"],
-            "delivered_to": r["delivered_to"], "last_error": r["last_error"],
-            "metadata": json.loads(r["metadata_json"]),
-            "files": [f["name"] for f in store.inbound_files(r["id"])]}
+def _inbox_entry(store: Store, r: InboundFax) -> dict[str, Any]:
+    return {"id": r.id, "fax_id": r.fax_id, "topic": r.topic, "state": r.state,
+            "acked": bool(r.acked), "received": r.created,
+            "delivered_to": r.delivered_to, "last_error": r.last_error,
+            "metadata": r.metadata,
+            "files": [f.name for f in store.inbound_files(r.id)]}
 
 
 def list_inbox(store: Store, limit: int = 100) -> list[dict[str, Any]]:
@@ -129,10 +128,10 @@ def list_inbox(store: Store, limit: int = 100) -> list[dict[str, Any]]:
     return [_inbox_entry(store, r) for r in store.list_inbound(limit)]
 
 
-def find_inbound(store: Store, key: str) -> Any | None:
+def find_inbound(store: Store, key: str) -> InboundFax | None:
     """A received fax by its key (topic/fax id) or by the Retarus fax id alone."""
     return store.inbound(key) or next(
-        (r for r in store.list_inbound(FIND_BY_FAX_ID_LIMIT) if r["fax_id"] == key), None)
+        (r for r in store.list_inbound(FIND_BY_FAX_ID_LIMIT) if r.fax_id == key), None)
 
 
 def resend_inbound(store: Store, cfg: Config, composer: Composer, key: str,
@@ -149,11 +148,11 @@ def resend_inbound(store: Store, cfg: Config, composer: Composer, key: str,
     if not to:
         to, gone = mapped_addresses(cfg, row)
         note = " ".join(filter(None, (note, gone)))
-    raw = compose_fax_mail(composer, cfg.mail.from_address, row, store.inbound_files(row["id"]),
+    raw = compose_fax_mail(composer, cfg.mail.from_address, row, store.inbound_files(row.id),
                            to, note=note)
-    store.queue_mail("inbound", row["id"], cfg.mail.from_address, to, raw,
-                     inbound_state=(row["id"], "mailing"))
-    return {"resent": row["id"], "to": list(to)}
+    store.queue_mail("inbound", row.id, cfg.mail.from_address, to, raw,
+                     inbound_state=(row.id, "mailing"))
+    return {"resent": row.id, "to": list(to)}
 
 
 # ------------------------------------------------------------------ SMTP log

@@ -99,9 +99,9 @@ async def test_nasty_mails_answered_and_never_250_without_job(make_bridge):
     from tests.conftest import wait_for
     rows = await wait_for(lambda: len(r := bridge.store.list_log(limit=50))
                           >= len(nasty_corpus()) + 1 and r)
-    assert all(r["reply"] for r in rows)
-    accepted = [r for r in rows if r["ok"]]
-    assert all(bridge.store.job(r["job_id"]) is not None for r in accepted)
+    assert all(r.reply for r in rows)
+    accepted = [r for r in rows if r.ok]
+    assert all(bridge.store.job(r.job_id) is not None for r in accepted)
 
 
 async def test_abuse_refused_and_logged(make_bridge, tmp_path):
@@ -121,8 +121,8 @@ async def test_abuse_refused_and_logged(make_bridge, tmp_path):
     assert codes[2:] == [250] * 5 + [452] * 3
     from tests.conftest import wait_for
     rows = await wait_for(lambda: len(bridge.store.list_log()) >= 1 and bridge.store.list_log())
-    assert rows[0]["reply"].startswith("530 5.7.0")
+    assert rows[0].reply.startswith("530 5.7.0")
     logged = await wait_for(lambda: open_bridge.store.list_log())
-    rcpts = json.loads(logged[0]["recipients_json"])
+    rcpts = json.loads(logged[0].recipients_json)
     replies = [r["reply"][:3] for r in rcpts]
     assert replies[0] == "550" and replies[1] == "550" and "452" in replies

@@ -18,7 +18,7 @@ async def test_jobs_list_show_json_and_release(make_bridge):
     m["From"], m["To"], m["Subject"] = "alice@example.com", "+4989123456@fax.local", "Hello"
     m.set_content("body")
     t = await send(bridge.smtp_address, m)
-    await wait_for(lambda: bridge.store.job(t.job_id)["state"] == "submitted")
+    await wait_for(lambda: bridge.store.job(t.job_id).state == "submitted")
     data_dir = str(bridge.cfg.storage.data_dir)
     listed = json.loads((await cli("jobs", "--json", "--data-dir", data_dir)).stdout)
     assert listed[0]["id"] == t.job_id and "raw" not in listed[0]
@@ -37,7 +37,7 @@ async def test_jobs_list_show_json_and_release(make_bridge):
     assert out.returncode == 1 and "is not held" in out.stdout
     bridge.store.set_job_state(t.job_id, "held", event="held", detail="test")
     assert (await cli("jobs", "release", t.job_id, "--data-dir", data_dir)).returncode == 0
-    assert bridge.store.job(t.job_id)["state"] in ("queued", "submitting", "submitted")
+    assert bridge.store.job(t.job_id).state in ("queued", "submitting", "submitted")
     logs = json.loads((await cli("log", "--json", "--data-dir", data_dir)).stdout)
     assert logs[0]["job_id"] == t.job_id and logs[0]["recipients"][0]["number"] == "+4989123456"
     assert (await cli("log", "--since", "1h", "--number", "+4989123456", "--data-dir",

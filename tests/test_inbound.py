@@ -97,8 +97,8 @@ async def settle(pred: Callable[[], Any], store: Store, sim_url: str) -> Any:
         async with httpx.AsyncClient() as c:
             faxes = (await c.get(f"{sim_url}/_sim/inbound")).json()
         return (all(f["acked"] for f in faxes)
-                and all(r["state"] == "delivered" for r in store.list_inbound(10_000))
-                and all(m["state"] != "queued" for m in store.list_mail(10_000)))
+                and all(r.state == "delivered" for r in store.list_inbound(10_000))
+                and all(m.state != "queued" for m in store.list_mail(10_000)))
     await wait_for(quiet, timeout=60)
     return pred()
 
@@ -122,7 +122,7 @@ async def test_one_fax_mailed_with_identical_pdf(sim, make_bridge, tmp_path):
     assert [a.get_filename() for a in atts] == ["fax-+4989123456-202611221013.pdf"]
     assert atts[0].get_content() == PDF_A and atts[0].get_content_type() == "application/pdf"
     row = bridge.store.inbound(f"demo/{fid}")
-    assert row["state"] == "delivered" and row["acked"] == 1
+    assert row.state == "delivered" and row.acked == 1
     assert bridge.sim_state is None  # the test's simulator, not an embedded one
 
 
@@ -194,7 +194,7 @@ async def test_ack_lost_refetched_fax_is_not_mailed_again(sim, make_bridge, tmp_
     await settle(lambda: True, second.store, url)
     assert fax_ids(inbox(d, "in@example.com")) == [fid]
     assert state.faxes["demo"][0].offered >= 2
-    assert second.store.inbound(f"demo/{fid}")["acked"] == 1
+    assert second.store.inbound(f"demo/{fid}").acked == 1
 
 
 async def test_refused_credentials_do_not_stop_other_topics(sim, make_bridge, tmp_path,
@@ -225,13 +225,13 @@ async def test_relay_down_then_up_mailed_once(sim, make_bridge, tmp_path):
         mail={"transport": "smtp", "retry_min_seconds": 0.2, "retry_max_seconds": 0.5,
               "relay": {"host": "127.0.0.1", "port": relay.port, "tls": "none"}}))
     try:
-        await wait_for(lambda: (m := bridge.store.list_mail()) and m[0]["attempts"] >= 2)
+        await wait_for(lambda: (m := bridge.store.list_mail()) and m[0].attempts >= 2)
         await relay.start()
         await settle(lambda: relay.messages, bridge.store, url)
         assert len(relay.messages) == 1
         assert fax_ids(relay.parsed()) == [fid]
         assert list(relay.parsed()[0].iter_attachments())[0].get_content() == PDF_A
-        await wait_for(lambda: bridge.store.inbound(f"demo/{fid}")["state"] == "delivered")
+        await wait_for(lambda: bridge.store.inbound(f"demo/{fid}").state == "delivered")
     finally:
         await relay.stop()
 
@@ -251,9 +251,9 @@ async def test_refused_mailbox_goes_to_fallback(sim, make_bridge, tmp_path):
         text = relay.parsed()[0].get_body(("plain",)).get_content()
         assert "could not be delivered to gone@example.com" in text and "550" in text
         row = await wait_for(lambda: (r := bridge.store.inbound(f"demo/{fid}"))
-                             and r["state"] == "delivered" and r)
-        assert row["delivered_to"] == "faxadmin@example.com"
-        assert "refused by gone@example.com" in row["last_error"]
+                             and r.state == "delivered" and r)
+        assert row.delivered_to == "faxadmin@example.com"
+        assert "refused by gone@example.com" in row.last_error
     finally:
         await relay.stop()
 
@@ -359,7 +359,7 @@ async def test_restart_finishes_faxes_whose_mail_outcome_was_recorded(sim, make_
     store.close()
     second = await make_bridge(cfg)
     await settle(lambda: inbox(d, "postmaster@localhost"), second.store, url)
-    assert second.store.inbound(f"demo/{a}")["state"] == "delivered"
+    assert second.store.inbound(f"demo/{a}").state == "delivered"
     assert len(inbox(d, "in@example.com")) == 2  # no second mail for a
     assert fax_ids(inbox(d, "postmaster@localhost")) == [b]
     assert "550 5.1.1 gone" in inbox(d, "postmaster@localhost")[0].get_body(

@@ -40,3 +40,17 @@ def test_an_upward_import_breaks_the_contracts(tmp_path):
     assert result.returncode != 0, result.stdout
     assert "BROKEN" in result.stdout and "faxbridge.store.groupcommit -> faxbridge.app" in \
         result.stdout, result.stdout
+
+
+def test_a_caller_importing_the_sqlite_backend_breaks_the_contracts(tmp_path):
+    """Callers see the store through store.protocol / rows / new only: a stage that
+    imports the SQLite backend (directly or through faxbridge.store) fails."""
+    shutil.copytree(ROOT / "faxbridge", tmp_path / "faxbridge",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    track = tmp_path / "faxbridge" / "outbound" / "track.py"
+    track.write_text(track.read_text() + "\nfrom faxbridge.store.sqlite import SqliteStore  # noqa\n")
+    result = lint_imports(tmp_path)
+    assert result.returncode != 0, result.stdout
+    assert "Callers use the store's interface, not its SQLite backend BROKEN" in \
+        result.stdout, result.stdout

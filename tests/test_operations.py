@@ -183,7 +183,7 @@ async def test_health_and_readiness_while_the_simulator_is_down(sim, make_bridge
                  "password": {"env": "FB_PULL_PW"}, "addresses": ["in@example.com"]}])
     t = await send(bridge.smtp_address, mail())
     assert t.data[0] == 250  # mail is still accepted and queued
-    await wait_for(lambda: bridge.store.job(t.job_id)["state"] == "deferred")
+    await wait_for(lambda: bridge.store.job(t.job_id).state == "deferred")
     async with httpx.AsyncClient() as c:
         assert (await c.get(f"{bridge.http_server.url}/healthz")).json() == {"status": "alive"}
         await wait_for(lambda: bridge.topic_states["demo"].status == "error")
@@ -272,8 +272,8 @@ async def test_sigterm_during_large_data_never_loses_a_250(tmp_path, procs):
     store = Store(tmp_path / "data" / "faxbridge.sqlite3")
     try:
         assert store.job(job_id) is not None
-        await wait_for(lambda: store.job(job_id)["state"] in ("submitted", "done"), timeout=60)
-        assert len(store.job_documents(job_id)[0]["data"]) > 2_900_000
+        await wait_for(lambda: store.job(job_id).state in ("submitted", "done"), timeout=60)
+        assert len(store.job_documents(job_id)[0].data) > 2_900_000
     finally:
         store.close()
 

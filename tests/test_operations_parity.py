@@ -41,7 +41,7 @@ async def test_cli_json_equals_admin_api(sim, make_bridge, tmp_path):
     done = await send(bridge.smtp_address, mail("+4930999999@fax.local", "to be sent"))
     await send(bridge.smtp_address, mail("bob@example.org", "refused: not a fax domain"))
     for t in (held, done):
-        await wait_for(lambda t=t: bridge.store.job(t.job_id)["state"] == "done", timeout=60)
+        await wait_for(lambda t=t: bridge.store.job(t.job_id).state == "done", timeout=60)
     # A held job the confirmation pass gave up on: its view carries a confirmation
     # note, and nothing in the bridge touches it any more.
     assert bridge.store.set_job_state(held.job_id, "held", event="held", detail="parity test",

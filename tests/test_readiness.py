@@ -118,7 +118,7 @@ async def test_report_that_cannot_be_composed_is_not_ready_until_it_can(make_bri
     assert await metric(bridge, "faxbridge_mail_compose_failures_total", kind="report") >= 1
     job = bridge.store.job(t.job_id)
     # the final report is not recorded while its mail cannot be made: it is retried
-    assert job["state"] == "submitted" and "report.delivered.txt.j2" in job["last_error"]
+    assert job.state == "submitted" and "report.delivered.txt.j2" in job.last_error
     # the simulator's status push was answered 503 (Retarus pushes again), not 500
     jobs = await wait_for(lambda: _pushed(bridge), timeout=20)
     assert {p.get("status") for p in jobs[0]["pushes"]} == {503}
@@ -126,7 +126,7 @@ async def test_report_that_cannot_be_composed_is_not_ready_until_it_can(make_bri
 
     lost.write_bytes(kept)
     await ready_again(bridge)
-    await wait_for(lambda: bridge.store.job(t.job_id)["state"] == "done", timeout=20)
+    await wait_for(lambda: bridge.store.job(t.job_id).state == "done", timeout=20)
     msgs = await wait_for(lambda: maildir(bridge), timeout=20)
     assert msgs[0]["Subject"].startswith("Fax to +49 89 123456 delivered")
 
@@ -147,14 +147,14 @@ async def test_fax_mail_that_cannot_be_composed_is_not_ready_until_one_is(make_b
     assert "inbound.fax.html.j2" in body["reasons"][0]
     assert await metric(bridge, "faxbridge_mail_compose_failures_total", kind="inbound") >= 1
     held = bridge.store.list_inbound()
-    assert [r["state"] for r in held] == ["held"]
-    assert "could not compose its mail" in held[0]["last_error"]
-    assert "inbound.fax.html.j2" in held[0]["last_error"]
+    assert [r.state for r in held] == ["held"]
+    assert "could not compose its mail" in held[0].last_error
+    assert "inbound.fax.html.j2" in held[0].last_error
 
     lost.write_bytes(kept)
     async with httpx.AsyncClient() as c:
         await c.post(f"{bridge.sim_url}/_sim/inbound", json={"topic": "demo"})
     await ready_again(bridge)
     await wait_for(lambda: maildir(bridge, "fax-inbox@localhost"), timeout=20)
-    assert [r["state"] for r in bridge.store.list_inbound()] in (["delivered", "held"],
+    assert [r.state for r in bridge.store.list_inbound()] in (["delivered", "held"],
                                                                   ["mailing", "held"])

@@ -112,8 +112,8 @@ data_dir = "{data}"
         assert len(jobs) - len(accepted) <= kills * connections, why
         for job_id in accepted:
             row = store.job(job_id)
-            if row["state"] == "held":  # killed between claim and POST: held, never guessed
-                assert job_id not in received and row["last_error"] == \
+            if row.state == "held":  # killed between claim and POST: held, never guessed
+                assert job_id not in received and row.last_error == \
                     "unconfirmed submission", why
             else:
                 assert received.count(job_id) == 1, (job_id, row["state"], why)
@@ -146,17 +146,17 @@ async def test_one_data_center_down_jobs_go_through_the_other(make_bridge):
                      json={"dc": "de2", "endpoint": "push", "drop": True, "count": 10_000})
     ids = [(await send(bridge.smtp_address, _fax(n))).job_id for n in range(3)]
     for job_id in ids:
-        await wait_for(lambda j=job_id: bridge.store.job(j)["state"] == "done")
+        await wait_for(lambda j=job_id: bridge.store.job(j).state == "done")
     for job_id in ids:
         # finished by a poll that found the report on de2 (on a slow machine the first
         # poll may already find it final: then there is no PENDING poll event)
-        done = [e["detail"] for e in bridge.store.job_events(job_id) if e["kind"] == "done"]
+        done = [e.detail for e in bridge.store.job_events(job_id) if e.kind == "done"]
         assert len(done) == 1 and "(poll)" in done[0], done
-        assert "/de2/" in bridge.store.job(job_id)["datacenter"]
-        polls = [e["detail"] for e in bridge.store.job_events(job_id) if e["kind"] == "poll"]
+        assert "/de2/" in bridge.store.job(job_id).datacenter
+        polls = [e.detail for e in bridge.store.job_events(job_id) if e.kind == "poll"]
         assert all("/de2/" in d for d in polls), polls
     # the final reports are deleted at de2 although de1 fails every call
-    await wait_for(lambda: all(bridge.store.job(j)["report_deleted"] for j in ids))
+    await wait_for(lambda: all(bridge.store.job(j).report_deleted for j in ids))
     assert not bridge.sim_state.reports["de2"]
     async with httpx.AsyncClient() as c:
         calls = (await c.get(f"{bridge.sim_url}/_sim/calls")).json()
@@ -172,20 +172,20 @@ async def test_data_center_down_after_submission_keeps_the_job_visible(make_brid
         await c.post(f"{bridge.sim_url}/_sim/faults",
                      json={"dc": "de1", "endpoint": "any", "drop": True, "count": 10_000})
     t = await send(bridge.smtp_address, _fax(0))
-    job = await wait_for(lambda: (j := bridge.store.job(t.job_id))["state"] == "submitted"
-                         and j["last_error"] and "report poll failed" in j["last_error"]
+    job = await wait_for(lambda: (j := bridge.store.job(t.job_id)).state == "submitted"
+                         and j.last_error and "report poll failed" in j.last_error
                          and j)
-    assert job["state"] == "submitted"
+    assert job.state == "submitted"
 
     def failed_polls() -> int:
-        return sum("report poll failed" in e["detail"] for e in bridge.store.job_events(t.job_id)
-                   if e["kind"] == "poll")
+        return sum("report poll failed" in e.detail for e in bridge.store.job_events(t.job_id)
+                   if e.kind == "poll")
     # three polls have failed (not one lucky moment): the job is still waiting
     await wait_for(lambda: failed_polls() >= 3)
-    assert bridge.store.job(t.job_id)["state"] == "submitted"
+    assert bridge.store.job(t.job_id).state == "submitted"
     async with httpx.AsyncClient() as c:
         await c.post(f"{bridge.sim_url}/_sim/faults", json={"clear": True})
-    await wait_for(lambda: bridge.store.job(t.job_id)["state"] == "done")
+    await wait_for(lambda: bridge.store.job(t.job_id).state == "done")
 
 
 def _fax(n: int) -> EmailMessage:
@@ -210,10 +210,10 @@ async def test_relay_4xx_is_retried_and_delivered_once(make_bridge):
         await send(bridge.smtp_address, _fax(1))
         # 'sent' is recorded after the relay's 250 and is final: nothing is sent again
         row = await wait_for(lambda: (m := bridge.store.list_mail()) and
-                             m[0]["state"] == "sent" and m[0])
+                             m[0].state == "sent" and m[0])
         assert len(relay.messages) == 1
         assert relay.data_replies == [relay.data_reply_4xx] * 2 + ["250"]
-        assert row["attempts"] == 3
+        assert row.attempts == 3
     finally:
         await relay.stop()
 
@@ -228,13 +228,13 @@ async def test_slow_relay_times_out_is_retried_and_delivered_once(make_bridge):
         bridge = await _relay_bridge(make_bridge, relay, timeout=2.0)
         await send(bridge.smtp_address, _fax(2))
         await wait_for(lambda: relay.rcpt_stalls >= 1)
-        row = await wait_for(lambda: (m := bridge.store.list_mail()) and m[0]["attempts"] >= 1
-                             and m[0]["last_error"] and m[0])
-        assert row["state"] == "queued" and "unreachable" in row["last_error"]
+        row = await wait_for(lambda: (m := bridge.store.list_mail()) and m[0].attempts >= 1
+                             and m[0].last_error and m[0])
+        assert row.state == "queued" and "unreachable" in row.last_error
         assert relay.messages == []
         relay.rcpt_go.set()
         # 'sent' is recorded after the relay's 250 and is final: nothing is sent again
-        await wait_for(lambda: bridge.store.list_mail()[0]["state"] == "sent")
+        await wait_for(lambda: bridge.store.list_mail()[0].state == "sent")
         assert len(relay.messages) == 1
     finally:
         await relay.stop()
@@ -248,17 +248,17 @@ async def test_relay_5xx_at_data_fails_visibly_without_retry(make_bridge):
         bridge = await _relay_bridge(make_bridge, relay)
         t = await send(bridge.smtp_address, _fax(3))
         row = await wait_for(lambda: (m := bridge.store.list_mail()) and
-                             m[0]["state"] == "failed" and m[0])
-        assert "554" in row["last_error"] and row["attempts"] == 1
+                             m[0].state == "failed" and m[0])
+        assert "554" in row.last_error and row.attempts == 1
         # the job's event follows the mail's state in its own transaction
-        await wait_for(lambda: "report-failed" in [e["kind"] for e in
+        await wait_for(lambda: "report-failed" in [e.kind for e in
                                                    bridge.store.job_events(t.job_id)])
         # a second report fails the same way: the mail worker has gone round again
         # since the first failed, and did not try the first one again
         t2 = await send(bridge.smtp_address, _fax(4))
         await wait_for(lambda: len(m := bridge.store.list_mail()) == 2 and
-                       m[0]["state"] == "failed")
-        assert [(m["state"], m["attempts"]) for m in bridge.store.list_mail()] == [
+                       m[0].state == "failed")
+        assert [(m.state, m.attempts) for m in bridge.store.list_mail()] == [
             ("failed", 1), ("failed", 1)]
         assert relay.data_replies == ["554 5.6.0 message content rejected"] * 2, t2
     finally:

@@ -48,9 +48,9 @@ def no_more_reports(bridge) -> bool:
     the transaction that finishes it, and a final job is never finished again), the
     simulator has pushed every job's status (poll and push have both reported), and
     no mail waits to be sent."""
-    return (all(j["state"] in ("done", "failed") for j in bridge.store.list_jobs())
+    return (all(j.state in ("done", "failed") for j in bridge.store.list_jobs())
             and all(j.pushes for j in bridge.sim_state.jobs)
-            and all(m["state"] != "queued" for m in bridge.store.list_mail()))
+            and all(m.state != "queued" for m in bridge.store.list_mail()))
 
 
 async def one_report(bridge, address: str = "alice@example.com") -> EmailMessage:
@@ -81,10 +81,10 @@ async def test_delivered_report_threads_under_the_original(bridge):
     assert "Status:   OK" in text and t.job_id in text
     assert "<table" in html and "<td>OK" in html
     job = bridge.store.job(t.job_id)
-    assert job["state"] == "done"
+    assert job.state == "done"
     rec = bridge.store.job_recipients(t.job_id)[0]
-    assert (rec["status"], rec["reason"], rec["pages"]) == ("OK", "OK", 1)
-    assert rec["sent_to_number"] == "004989123456" and rec["sent_ts"]
+    assert (rec.status, rec.reason, rec.pages) == ("OK", "OK", 1)
+    assert rec.sent_to_number == "004989123456" and rec.sent_ts
 
 
 async def test_busy_report_explains_what_to_do(bridge):
@@ -95,7 +95,7 @@ async def test_busy_report_explains_what_to_do(bridge):
                               "(Invoice 4711)")
     text, _ = text_and_html(msg)
     assert "Status:   BUSY (Line busy)" in text and "What to do: Try again later" in text
-    assert bridge.store.job(t.job_id)["state"] == "failed"
+    assert bridge.store.job(t.job_id).state == "failed"
 
 
 async def test_mixed_outcomes_two_recipients(bridge):
@@ -109,7 +109,7 @@ async def test_mixed_outcomes_two_recipients(bridge):
     assert "+49 89 123456 (Jane)" in text and "+49 30 1234567 (Bob)" in text
     assert "Status:   NOFAX (No fax machine answered)" in text
     assert "instead of a fax machine" in text
-    assert bridge.store.job(t.job_id)["state"] == "done"
+    assert bridge.store.job(t.job_id).state == "done"
 
 
 async def test_unknown_status_code_shown_as_it_is(bridge):
@@ -127,15 +127,15 @@ async def test_report_found_only_on_second_datacenter_and_deleted_there(bridge):
     job = bridge.store.job(t.job_id)
     # finished by poll (data center known) or by push (not known): either way the
     # clean-up deletes the report where it lives, on de2
-    await wait_for(lambda: bridge.store.job(t.job_id)["report_deleted"] == 1)
-    assert job["retarus_job_id"] not in bridge.sim_state.reports["de2"]
+    await wait_for(lambda: bridge.store.job(t.job_id).report_deleted == 1)
+    assert job.retarus_job_id not in bridge.sim_state.reports["de2"]
     deletes = [c for c in bridge.sim_state.calls if c["endpoint"] in ("delete", "bulk")]
     assert deletes and deletes[-1]["dc"] == "de2"
     assert all(c["dc"] in ("de1", "de2") for c in bridge.sim_state.calls
                if c["endpoint"] in ("report", "list", "bulk", "delete", "delete_oldest"))
     # (reports are never asked of the HA URL)
     # (report-sent follows the mail's state in its own transaction)
-    kinds = await wait_for(lambda: (k := [e["kind"] for e in bridge.store.job_events(t.job_id)])
+    kinds = await wait_for(lambda: (k := [e.kind for e in bridge.store.job_events(t.job_id)])
                            and "report-sent" in k and k)
     assert "report-deleted" in kinds
 
@@ -147,9 +147,9 @@ async def test_push_before_poll(make_bridge):
     t = await send(bridge.smtp_address, fax_mail())
     await one_report(bridge)
     events = bridge.store.job_events(t.job_id)
-    done = [e for e in events if e["kind"] == "done"]
-    assert len(done) == 1 and "(push)" in done[0]["detail"]
-    assert [e["kind"] for e in events].count("poll") <= 1  # at most the first, PENDING
+    done = [e for e in events if e.kind == "done"]
+    assert len(done) == 1 and "(push)" in done[0].detail
+    assert [e.kind for e in events].count("poll") <= 1  # at most the first, PENDING
 
 
 async def push(bridge, body: dict, auth=None) -> httpx.Response:
@@ -163,16 +163,16 @@ async def test_poll_before_push_and_duplicate_pushes(bridge):
     await one_report(bridge)
     job = bridge.store.job(t.job_id)
     rep = next(j["report"] for j in await sim_jobs(bridge.sim_url)
-               if j["jobId"] == job["retarus_job_id"])
+               if j["jobId"] == job.retarus_job_id)
     body = {"jobId": rep["jobId"], "faxRecipient": [
         {**r, "sentTS": r["sentTs"], "status": "OK"} for r in rep["recipientStatus"]]}
     for _ in range(3):  # late and repeated pushes change nothing
         r = await push(bridge, body)
         assert r.status_code == 200 and r.json()["status"] == "already final"
     # a report the pushes caused would be queued before their answer
-    assert [m["kind"] for m in bridge.store.list_mail()] == ["report"]
+    assert [m.kind for m in bridge.store.list_mail()] == ["report"]
     assert len(maildir(bridge)) == 1
-    assert [e["kind"] for e in bridge.store.job_events(t.job_id)].count("done") == 1
+    assert [e.kind for e in bridge.store.job_events(t.job_id)].count("done") == 1
 
 
 async def test_push_with_wrong_credentials_and_unknown_job(bridge):
@@ -196,7 +196,7 @@ async def test_not_submitted_report(bridge):
     assert msg["Subject"] == "Fax to +49 89 123456 could not be sent: Invoice 4711"
     text, _ = text_and_html(msg)
     assert "nothing was sent" in text and "HTTP 409" in text
-    assert bridge.store.job(t.job_id)["state"] == "failed"
+    assert bridge.store.job(t.job_id).state == "failed"
 
 
 async def test_notify_failure_only_and_attachments(make_bridge):
@@ -210,12 +210,12 @@ async def test_notify_failure_only_and_attachments(make_bridge):
     t1 = await send(bridge.smtp_address, m)
     t2 = await send(bridge.smtp_address, fax_mail(msgid="<orig-2@example.com>"))
     msg = await one_report(bridge)  # (also waits until t1 is done)
-    assert bridge.store.job(t1.job_id)["state"] == "done"
+    assert bridge.store.job(t1.job_id).state == "done"
     assert msg["In-Reply-To"] == "<orig-2@example.com>"
     atts = [(a.get_filename(), a.get_content()) for a in msg.iter_attachments()]
     assert atts == [("mail-body.txt", "Please pay.\n")]
     assert maildir(bridge, "ok@example.com") == []
-    assert bridge.store.job(t2.job_id)["state"] == "done"
+    assert bridge.store.job(t2.job_id).state == "done"
 
 
 async def test_broken_override_template_falls_back(make_bridge, tmp_path, caplog):
@@ -240,13 +240,13 @@ async def test_relay_down_then_up_report_arrives_once(make_bridge):
             "transport": "smtp", **MAIL_FAST,
             "relay": {"host": "127.0.0.1", "port": relay.port, "tls": "none"}})
         t = await send(bridge.smtp_address, fax_mail())
-        await wait_for(lambda: bridge.store.job(t.job_id)["state"] == "done")
-        await wait_for(lambda: (m := bridge.store.list_mail()) and m[0]["attempts"] >= 2)
-        assert bridge.store.list_mail()[0]["state"] == "queued"
-        assert "unreachable" in bridge.store.list_mail()[0]["last_error"]
+        await wait_for(lambda: bridge.store.job(t.job_id).state == "done")
+        await wait_for(lambda: (m := bridge.store.list_mail()) and m[0].attempts >= 2)
+        assert bridge.store.list_mail()[0].state == "queued"
+        assert "unreachable" in bridge.store.list_mail()[0].last_error
         await relay.start()
         # 'sent' is recorded after the relay's 250 and is final: nothing is sent again
-        await wait_for(lambda: bridge.store.list_mail()[0]["state"] == "sent")
+        await wait_for(lambda: bridge.store.list_mail()[0].state == "sent")
         assert len(relay.messages) == 1
         mail_from, rcpts, _ = relay.messages[0]
         assert rcpts == ["alice@example.com"] and mail_from == "faxbridge@localhost"
@@ -263,18 +263,18 @@ async def test_relay_550_for_the_sender_is_recorded_not_retried(make_bridge):
             "transport": "smtp", **MAIL_FAST,
             "relay": {"host": "127.0.0.1", "port": relay.port, "tls": "none"}})
         t = await send(bridge.smtp_address, fax_mail())
-        await wait_for(lambda: (m := bridge.store.list_mail()) and m[0]["state"] == "failed")
+        await wait_for(lambda: (m := bridge.store.list_mail()) and m[0].state == "failed")
         row = bridge.store.list_mail()[0]
-        assert "550" in row["last_error"] and row["attempts"] == 1
+        assert "550" in row.last_error and row.attempts == 1
         # the job's event follows the mail's state in its own transaction
-        await wait_for(lambda: "report-failed" in [e["kind"] for e in
+        await wait_for(lambda: "report-failed" in [e.kind for e in
                                                    bridge.store.job_events(t.job_id)])
         # a second report is refused the same way: the mail worker has gone round again
         # since the first was refused, and did not try the first one again
         await send(bridge.smtp_address, fax_mail(msgid="<orig-2@example.com>"))
         await wait_for(lambda: len(m := bridge.store.list_mail()) == 2 and
-                       m[0]["state"] == "failed")
-        assert [(m["state"], m["attempts"]) for m in bridge.store.list_mail()] == [
+                       m[0].state == "failed")
+        assert [(m.state, m.attempts) for m in bridge.store.list_mail()] == [
             ("failed", 1), ("failed", 1)]
         assert relay.rcpt_attempts == ["alice@example.com"] * 2 and relay.messages == []
     finally:
@@ -284,7 +284,7 @@ async def test_relay_550_for_the_sender_is_recorded_not_retried(make_bridge):
 async def test_jobs_show_timeline(bridge):
     t = await send(bridge.smtp_address, fax_mail())
     await one_report(bridge)
-    await wait_for(lambda: "report-sent" in [e["kind"] for e in
+    await wait_for(lambda: "report-sent" in [e.kind for e in
                                              bridge.store.job_events(t.job_id)])
     out = (await arun_faxbridge("jobs", "show", t.job_id, "--data-dir",
                                 str(bridge.cfg.storage.data_dir))).stdout

@@ -73,5 +73,5 @@ async def test_refused_data_leaves_the_connection_usable(make_bridge):
     await wait_for(lambda: len(bridge.store.list_jobs()) == 1)
     # each refusal is in the SMTP log with the reply the client got, and no job
     rows = await wait_for(lambda: len(r := bridge.store.list_log()) >= 4 and r)
-    replies = sorted(row["reply"][:9] for row in rows if row["job_id"] is None)
+    replies = sorted(row.reply[:9] for row in rows if row.job_id is None)
     assert replies == ["500 5.5.2", "500 5.5.2", "552 5.3.4"]

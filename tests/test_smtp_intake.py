@@ -84,7 +84,7 @@ async def test_outlook_html_with_inline_logo_and_pdf(bridge):
     assert job["request"]["renderingOptions"]["header"] == "Befund"
     # the log tells why the logo and the HTML alternative were not faxed
     rec = bridge.store.list_log()[0]
-    assert "inline image" in rec["parts_json"] and "HTML alternative" in rec["parts_json"]
+    assert "inline image" in rec.parts_json and "HTML alternative" in rec.parts_json
 
 
 async def test_apple_mail_nesting(bridge):
@@ -143,7 +143,7 @@ async def test_outlook_winmail_dat(bridge):
     job = await submitted(bridge, t.job_id)
     assert [n for n, _, _ in docs(job)] == ["mail-body.txt", "Angebot.pdf"]
     assert docs(job)[1][1] == PDF
-    parts = bridge.store.list_log()[0]["parts_json"]
+    parts = bridge.store.list_log()[0].parts_json
     assert "winmail.dat unpacked" in parts and "cannot be faxed" in parts
 
 
@@ -203,7 +203,7 @@ async def test_job_lifecycle_recorded(bridge):
     m.set_content("x")
     t = await send(bridge.smtp_address, m)
     await submitted(bridge, t.job_id)
-    row = await wait_for(lambda: (j := bridge.store.job(t.job_id))["state"] == "submitted" and j)
-    assert row["retarus_job_id"].startswith("FJ") and row["message_id"] == "<test-1@example.com>"
-    kinds = [e["kind"] for e in bridge.store.job_events(t.job_id)]
+    row = await wait_for(lambda: (j := bridge.store.job(t.job_id)).state == "submitted" and j)
+    assert row.retarus_job_id.startswith("FJ") and row.message_id == "<test-1@example.com>"
+    kinds = [e.kind for e in bridge.store.job_events(t.job_id)]
     assert kinds[:3] == ["accepted", "submitting", "submitted"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from email.message import EmailMessage
@@ -23,13 +24,13 @@ def mail(to: str = "+4989123456@fax.local", sender: str = "alice@example.com") -
 
 
 def last_log(bridge) -> dict:
-    return dict(bridge.store.list_log(limit=1)[0])
+    return dataclasses.asdict(bridge.store.list_log(limit=1)[0])
 
 
 async def flushed(bridge, n: int = 1) -> list[dict]:
     from tests.conftest import wait_for
     return await wait_for(lambda: len(rows := bridge.store.list_log()) >= n and
-                          [dict(r) for r in rows])
+                          [dataclasses.asdict(r) for r in rows])
 
 
 @pytest.fixture
@@ -220,4 +221,4 @@ async def test_concurrent_sessions_each_get_their_own_job(make_bridge):
     results = await asyncio.gather(*[send(bridge.smtp_address, mail()) for _ in range(10)])
     ids = {t.job_id for t in results}
     assert len(ids) == 10 and None not in ids
-    assert {j["id"] for j in bridge.store.list_jobs()} == ids  # each 250 has its own job
+    assert {j.id for j in bridge.store.list_jobs()} == ids  # each 250 has its own job

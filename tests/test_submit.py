@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import subprocess
@@ -39,7 +40,7 @@ async def fault(url: str, **body) -> None:
 
 
 async def state_of(bridge, job_id: str, states: tuple[str, ...]):
-    return await wait_for(lambda: (j := bridge.store.job(job_id)) and j["state"] in states and j,
+    return await wait_for(lambda: (j := bridge.store.job(job_id)) and j.state in states and j,
                           timeout=20)
 
 
@@ -49,8 +50,8 @@ async def test_transient_errors_are_retried(make_bridge):
     await fault(bridge.sim_url, endpoint="send", count=2, status=520)
     t = await send(bridge.smtp_address, mail())
     job = await state_of(bridge, t.job_id, ("submitted",))
-    events = [e["kind"] for e in bridge.store.job_events(t.job_id)]
-    assert events.count("deferred") == 2 and job["attempts"] == 3
+    events = [e.kind for e in bridge.store.job_events(t.job_id)]
+    assert events.count("deferred") == 2 and job.attempts == 3
     assert len(await sim_jobs(bridge.sim_url)) == 1
 
 
@@ -62,8 +63,8 @@ async def test_retry_after_is_honoured(make_bridge):
     before = time.time()
     t = await send(bridge.smtp_address, mail())
     job = await state_of(bridge, t.job_id, ("deferred",))
-    assert job["next_attempt"] - before >= 120
-    assert "next try in 120s" in bridge.store.job_events(t.job_id)[-1]["detail"]
+    assert job.next_attempt - before >= 120
+    assert "next try in 120s" in bridge.store.job_events(t.job_id)[-1].detail
     assert await sim_jobs(bridge.sim_url) == []
 
 
@@ -72,7 +73,7 @@ async def test_permanent_error_fails_at_once_with_reason(make_bridge):
     await fault(bridge.sim_url, endpoint="send", count=1, status=409)
     t = await send(bridge.smtp_address, mail())
     job = await state_of(bridge, t.job_id, ("failed",))
-    assert "HTTP 409" in job["last_error"] and job["attempts"] == 1
+    assert "HTTP 409" in job.last_error and job.attempts == 1
     assert await sim_jobs(bridge.sim_url) == []
 
 
@@ -81,9 +82,9 @@ async def test_deadline_turns_transient_into_failed(make_bridge):
     await fault(bridge.sim_url, endpoint="send", count=100, status=503)
     t = await send(bridge.smtp_address, mail())
     job = await state_of(bridge, t.job_id, ("failed",))
-    assert any("before the deadline" in (e["detail"] or "")
+    assert any("before the deadline" in (e.detail or "")
                for e in bridge.store.job_events(t.job_id))
-    assert "503" in job["last_error"]
+    assert "503" in job.last_error
 
 
 async def test_job_whose_validity_ended_while_waiting_is_not_sent(make_bridge):
@@ -94,7 +95,7 @@ async def test_job_whose_validity_ended_while_waiting_is_not_sent(make_bridge):
     await fault(bridge.sim_url, endpoint="send", count=3, status=503)
     t = await send(bridge.smtp_address, mail())
     await state_of(bridge, t.job_id, ("failed",))
-    assert any("validity ended before it could be sent" in (e["detail"] or "")
+    assert any("validity ended before it could be sent" in (e.detail or "")
                for e in bridge.store.job_events(t.job_id))
     assert await sim_jobs(bridge.sim_url) == []
 
@@ -108,14 +109,14 @@ async def test_no_answer_after_sending_is_not_resent_but_confirmed(make_bridge):
     await fault(bridge.sim_url, endpoint="send", count=1, delay=2.0)
     t = await send(bridge.smtp_address, mail())
     held = await state_of(bridge, t.job_id, ("held",))
-    assert held["last_error"] == "unconfirmed submission"
+    assert held.last_error == "unconfirmed submission"
     job = await state_of(bridge, t.job_id, ("submitted", "done"))
     # once submitted (the only way on from held), nothing sends it again
     received = [j for j in await sim_jobs(bridge.sim_url)
                 if j["request"]["reference"]["customerDefinedId"] == t.job_id]
     assert len(received) == 1, "the fax was sent twice"
-    assert job["retarus_job_id"] == received[0]["jobId"]
-    kinds = [e["kind"] for e in bridge.store.job_events(t.job_id)]
+    assert job.retarus_job_id == received[0]["jobId"]
+    kinds = [e.kind for e in bridge.store.job_events(t.job_id)]
     assert kinds.index("unconfirmed") < kinds.index("confirmed")
     assert "deferred" not in kinds
 
@@ -127,7 +128,7 @@ async def test_wrong_retarus_password_defers_not_fails(make_bridge, monkeypatch)
     bridge.sim_state.password = "rotated"
     t = await send(bridge.smtp_address, mail())
     job = await state_of(bridge, t.job_id, ("deferred",))
-    assert "401" in job["last_error"] and job["next_attempt"] > time.time() + 30
+    assert "401" in job.last_error and job.next_attempt > time.time() + 30
 
 
 def received_by_simulator(jobs: list[dict]) -> list[str]:
@@ -148,16 +149,16 @@ async def test_confirmation_keeps_looking_while_idle_and_through_errors(make_bri
     await fault(bridge.sim_url, endpoint="list", count=4, status=503)
     t = await send(bridge.smtp_address, mail())
     held = await state_of(bridge, t.job_id, ("held",))
-    assert held["last_error"] == UNCONFIRMED
+    assert held.last_error == UNCONFIRMED
     job = await wait_for(lambda: (j := bridge.store.job(t.job_id))
-                         and j["state"] in ("submitted", "done") and j, timeout=30)
+                         and j.state in ("submitted", "done") and j, timeout=30)
     [at_sim] = await sim_jobs(bridge.sim_url)
     assert received_by_simulator([at_sim]) == [t.job_id]
-    assert job["retarus_job_id"] == at_sim["jobId"]
-    events = {e["kind"]: e for e in bridge.store.job_events(t.job_id)}
+    assert job.retarus_job_id == at_sim["jobId"]
+    events = {e.kind: e for e in bridge.store.job_events(t.job_id)}
     # found only once Retarus had finished it (in progress = not listed), so the
     # pass was still running seconds after the job became unconfirmed...
-    assert events["confirmed"]["ts"] >= at_sim["received"] + 3.0 - 0.1
+    assert events["confirmed"].ts >= at_sim["received"] + 3.0 - 0.1
     async with httpx.AsyncClient() as c:
         calls = (await c.get(f"{bridge.sim_url}/_sim/calls")).json()
     lists = [c for c in calls if c["endpoint"] == "list"]
@@ -186,14 +187,14 @@ async def test_unconfirmed_job_never_at_retarus_is_held_safe_to_release_after_va
         assert view["last_error"] == UNCONFIRMED and view["confirmation"]["looking"] is True
         r = await c.post(f"{base}/admin/jobs/{t.job_id}/release", headers=auth)
         assert r.status_code == 409 and "twice" in r.json()["error"], r.text
-        assert bridge.store.job(t.job_id)["state"] == "held"
+        assert bridge.store.job(t.job_id).state == "held"
 
         job = await wait_for(lambda: (j := bridge.store.job(t.job_id))
-                             and j["last_error"] == NOT_FOUND and j, timeout=20)
-        assert job["state"] == "held"
-        [gave_up] = [e for e in bridge.store.job_events(t.job_id) if e["kind"] == "not-found"]
-        assert gave_up["ts"] >= first["valid_until"]
-        assert "never taken" in gave_up["detail"] and "release" in gave_up["detail"]
+                             and j.last_error == NOT_FOUND and j, timeout=20)
+        assert job.state == "held"
+        [gave_up] = [e for e in bridge.store.job_events(t.job_id) if e.kind == "not-found"]
+        assert gave_up.ts >= first.valid_until
+        assert "never taken" in gave_up.detail and "release" in gave_up.detail
         view = (await c.get(f"{base}/admin/jobs/{t.job_id}", headers=auth)).json()
         assert view["confirmation"]["looking"] is False
         assert await sim_jobs(bridge.sim_url) == []
@@ -201,14 +202,14 @@ async def test_unconfirmed_job_never_at_retarus_is_held_safe_to_release_after_va
         r = await c.post(f"{base}/admin/jobs/{t.job_id}/release", headers=auth)
         assert r.status_code == 200, r.text
     job = await wait_for(lambda: (j := bridge.store.job(t.job_id))
-                         and j["state"] in ("submitted", "done") and j, timeout=20)
-    assert job["valid_until"] > first["valid_until"]
+                         and j.state in ("submitted", "done") and j, timeout=20)
+    assert job.valid_until > first.valid_until
     [at_sim] = await sim_jobs(bridge.sim_url)
     assert received_by_simulator([at_sim]) == [t.job_id]
     # Retarus is told when the job's validity ends: the ground for "never taken"
     assert at_sim["request"]["meta"]["jobValid"]["end"] == time.strftime(
-        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(job["valid_until"]))
-    kinds = [e["kind"] for e in bridge.store.job_events(t.job_id)]
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(job.valid_until))
+    kinds = [e.kind for e in bridge.store.job_events(t.job_id)]
     assert kinds.index("unconfirmed") < kinds.index("not-found") < kinds.index("released") \
         < kinds.index("submitted")
 
@@ -231,13 +232,13 @@ async def test_cli_refuses_to_release_a_job_still_looked_for_unless_forced(
     assert "at Retarus: may be at Retarus already" in shown.stdout, shown.stdout
     refused = await asyncio.to_thread(cli, "release", t.job_id)
     assert refused.returncode == 1 and "send the fax twice" in refused.stdout, refused
-    assert bridge.store.job(t.job_id)["state"] == "held"
+    assert bridge.store.job(t.job_id).state == "held"
     forced = await asyncio.to_thread(cli, "release", t.job_id, "--force")
     assert forced.returncode == 0, forced
     await state_of(bridge, t.job_id, ("submitted", "done"))
     assert received_by_simulator(await sim_jobs(bridge.sim_url)) == [t.job_id]
-    [released] = [e for e in bridge.store.job_events(t.job_id) if e["kind"] == "released"]
-    assert "forced" in released["detail"]
+    [released] = [e for e in bridge.store.job_events(t.job_id) if e.kind == "released"]
+    assert "forced" in released.detail
 
 
 async def test_kill9_while_streaming_every_250_is_submitted_exactly_once(tmp_path, procs):
@@ -327,7 +328,7 @@ async def test_request_is_built_from_the_stored_job(make_bridge):
     assert req["renderingOptions"] == {"paperFormat": "LETTER", "resolution": "LOW",
                                        "header": "m3"}
     assert [r["number"] for r in req["recipients"]] == ["+4989123456"]
-    stored = json.loads(bridge.store.job(t.job_id)["options_json"])
+    stored = json.loads(bridge.store.job(t.job_id).options_json)
     assert stored["billing_code"] == "cost-7" and stored["resolution"] == "LOW"
 
 
@@ -374,4 +375,4 @@ async def test_job_queued_by_an_earlier_version_is_sent_with_its_stored_request(
     sent = job["request"]
     for key in ("reference", "recipients", "transportOptions", "renderingOptions"):
         assert sent[key] == request[key], key
-    assert "request_json" not in dict(bridge.store.job("J1"))
+    assert "request_json" not in dataclasses.asdict(bridge.store.job("J1"))

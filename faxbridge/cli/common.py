@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from faxbridge import config as config_mod
 
 if TYPE_CHECKING:
-    from faxbridge.store import Store
+    from faxbridge.store.protocol import Store
 
 
 def load_config(path: str | None) -> config_mod.Config:
@@ -31,13 +31,13 @@ def ts(t: float | None) -> str:
 def open_store(args: argparse.Namespace) -> Store:
     """The store of --data-dir, else of the config's data directory; never a new one
     (a typo in the path must not look like an empty bridge)."""
-    from faxbridge.store import Store
+    from faxbridge.store import open_store as open_db
     cfg = load_config(args.config)
     data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else cfg.storage.data_dir
     db = data_dir / "faxbridge.sqlite3"
     if not db.exists():
         raise SystemExit(f"no store at {db} (has `faxbridge serve` run with this data dir?)")
-    return Store(db)
+    return open_db(db)
 
 
 def print_json(obj: Any) -> None:

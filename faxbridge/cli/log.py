@@ -10,7 +10,7 @@ from faxbridge import operations as ops
 from faxbridge.cli.common import open_store, print_json, ts, with_config
 
 if TYPE_CHECKING:
-    from faxbridge.store import Store
+    from faxbridge.store.protocol import Store
 
 
 def cmd_log(args: argparse.Namespace) -> int:

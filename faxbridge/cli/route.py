@@ -35,12 +35,12 @@ def _rate_counts(cfg: config_mod.Config, args: argparse.Namespace) -> tuple[dict
     """The sender's faxes in the last hour and day, from the store when there is one
     (the listener counts the same rows); else zero, and the output says so."""
     from faxbridge.intake.accept import WINDOWS, envelope_address
-    from faxbridge.store import Store
+    from faxbridge.store import open_store
     data_dir = Path(args.data_dir) if args.data_dir else cfg.storage.data_dir
     db = data_dir / "faxbridge.sqlite3"
     if not db.exists():
         return {}, f"no store at {db}: counted as 0 faxes"
-    store = Store(db)
+    store = open_store(db)
     try:
         now, sender = time.time(), (envelope_address(args.sender) or "").lower()
         counts = {label: store.count_jobs_since(sender, now - seconds)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sqlite3
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,7 @@ from faxbridge.runtime.config import ConfigProvider
 from faxbridge.runtime.db import Db
 from faxbridge.runtime.health import Health
 from faxbridge.runtime.wakeups import Wakeups
+from faxbridge.store.rows import InboundDelivery, InboundFax, InboundFile
 
 if TYPE_CHECKING:
     from faxbridge.config import Config, Topic
@@ -57,15 +57,15 @@ def addresses_for(topic: Topic, meta: dict[str, Any]) -> list[str]:
     return list(topic.addresses)
 
 
-def mapped_addresses(cfg: Config, row: sqlite3.Row) -> tuple[list[str], str | None]:
+def mapped_addresses(cfg: Config, row: InboundFax) -> tuple[list[str], str | None]:
     """Where a received fax's mail goes: its topic's addresses (or its called number's),
     or mail.fallback_mailbox when the topic is no longer configured, with a note
     saying so for the reader."""
-    topic = next((t for t in cfg.topics if t.name == row["topic"]), None)
+    topic = next((t for t in cfg.topics if t.name == row.topic), None)
     if topic is None:
         return ([cfg.mail.fallback_mailbox],
-                f"Topic {row['topic']} is no longer configured.")
-    return addresses_for(topic, json.loads(row["metadata_json"])), None
+                f"Topic {row.topic} is no longer configured.")
+    return addresses_for(topic, json.loads(row.metadata_json)), None
 
 
 def attachment_name(fax_id: str, calling: Any, received: Any, original: str, n: int) -> str:
@@ -76,17 +76,17 @@ def attachment_name(fax_id: str, calling: Any, received: Any, original: str, n: 
     return f"fax-{who}-{when or fax_id}{suffix}.{ext}"
 
 
-def compose_fax_mail(composer: Composer, mail_from: str, row: sqlite3.Row,
-                     files: list[sqlite3.Row], to: list[str], note: str | None = None) -> bytes:
-    meta = json.loads(row["metadata_json"])
+def compose_fax_mail(composer: Composer, mail_from: str, row: InboundFax,
+                     files: list[InboundFile], to: list[str], note: str | None = None) -> bytes:
+    meta = json.loads(row.metadata_json)
     calling, received = meta_value(meta, "calling"), meta_value(meta, "received")
     pages = meta_value(meta, "pages")
-    ctx = {"fax_id": row["fax_id"] or row["id"], "topic": row["topic"],
+    ctx = {"fax_id": row.fax_id or row.id, "topic": row.topic,
            "calling": pretty(calling), "called": pretty(meta_value(meta, "called")),
            "csid": meta_value(meta, "csid"), "pages": pages, "received": received,
-           "files": [f["name"] for f in files], "note": note}
-    attachments = [(attachment_name(ctx["fax_id"], calling, received, f["name"], i),
-                    f["content_type"], f["data"]) for i, f in enumerate(files)]
+           "files": [f.name for f in files], "note": note}
+    attachments = [(attachment_name(ctx["fax_id"], calling, received, f.name, i),
+                    f.content_type, f.data) for i, f in enumerate(files)]
     msg = composer.compose("inbound.fax", ctx, mail_from=mail_from, to=to,
                            attachments=attachments)
     return msg.as_bytes()
@@ -101,13 +101,13 @@ class FaxMail:
         self.db, self.config, self.mail, self.health = db, config, mail, health
         self.wakeups = wakeups
 
-    async def queue(self, row: sqlite3.Row, to: list[str] | None = None,
+    async def queue(self, row: InboundFax, to: list[str] | None = None,
                     note: str | None = None) -> None:
         store, cfg = self.db.store, self.config.current
         if not to:
             to, gone = mapped_addresses(cfg, row)
             note = " ".join(filter(None, (note, gone))) or None
-        files = await self.db.run(store.inbound_files, row["id"])
+        files = await self.db.run(store.inbound_files, row.id)
         try:
             raw = compose_fax_mail(self.mail.composer, cfg.mail.from_address, row, files, to,
                                    note)
@@ -115,12 +115,12 @@ class FaxMail:
             self.health.metrics.compose_failed("inbound", str(exc))
             raise
         self.health.metrics.mail_ok("compose", "inbound")
-        await self.db.run(store.queue_mail, "inbound", row["id"], cfg.mail.from_address, to,
-                          raw, inbound_state=(row["id"], "mailing"))
+        await self.db.run(store.queue_mail, "inbound", row.id, cfg.mail.from_address, to,
+                          raw, inbound_state=(row.id, "mailing"))
         self.wakeups.mail.set()
 
 
-class Deliverer(Runner[sqlite3.Row]):
+class Deliverer(Runner[InboundDelivery]):
     """Takes each received fax whose next step is a mail: a stored fax gets its mail
     queued; a fax whose mail was refused goes to mail.fallback_mailbox (or is held
     when even that refused it). The mail worker records a sent mail and the fax's
@@ -134,48 +134,48 @@ class Deliverer(Runner[sqlite3.Row]):
         super().__init__(wakeups.inbound)
         self.db, self.fax_mail = db, fax_mail
 
-    async def claim(self, limit: int, busy: frozenset[Hashable]) -> list[sqlite3.Row]:
+    async def claim(self, limit: int, busy: frozenset[Hashable]) -> list[InboundDelivery]:
         return await self.db.run(self.db.store.inbound_to_deliver, max(limit, 100))
 
-    def key(self, item: sqlite3.Row) -> Hashable:
-        return item["id"]
+    def key(self, item: InboundDelivery) -> Hashable:
+        return item.id
 
-    def describe(self, item: sqlite3.Row) -> str:
-        return f"inbound {item['id']}"
+    def describe(self, item: InboundDelivery) -> str:
+        return f"inbound {item.id}"
 
-    async def failed(self, row: sqlite3.Row, exc: Exception) -> None:
+    async def failed(self, row: InboundDelivery, exc: Exception) -> None:
         if isinstance(exc, ComposeError):
-            log.error("inbound %s: could not compose its mail: %s; holding it", row["id"], exc)
+            log.error("inbound %s: could not compose its mail: %s; holding it", row.id, exc)
             error = f"could not compose its mail: {exc}"
         else:
             error = "could not compose its mail (see log)"
-        await self.db.run(self.db.store.set_inbound_state, row["id"], "held", error=error)
+        await self.db.run(self.db.store.set_inbound_state, row.id, "held", error=error)
 
-    async def dispose(self, row: sqlite3.Row) -> None:
+    async def dispose(self, row: InboundDelivery) -> None:
         store = self.db.store
-        if row["state"] == "stored" or row["mail_state"] is None:
+        if row.state == "stored" or row.mail_state is None:
             await self.fax_mail.queue(row)
-        elif row["mail_state"] == "sent":
+        elif row.mail_state == "sent":
             # a store from before the mail's outcome and this state were one transaction
-            await self.db.run(store.set_inbound_state, row["id"], "delivered",
-                              delivered_to=", ".join(json.loads(row["mail_to_json"])))
+            await self.db.run(store.set_inbound_state, row.id, "delivered",
+                              delivered_to=", ".join(json.loads(row.mail_to_json)))
         else:
-            await self.refused(row, row["mail_error"] or "refused")
+            await self.refused(row, row.mail_error or "refused")
 
-    async def refused(self, row: sqlite3.Row, error: str) -> None:
+    async def refused(self, row: InboundDelivery, error: str) -> None:
         store = self.db.store
         fallback = self.fax_mail.config.current.mail.fallback_mailbox
-        to = json.loads(row["mail_to_json"])
+        to = json.loads(row.mail_to_json)
         if to == [fallback]:
-            log.error("inbound %s: even the fallback mailbox refused it: %s", row["id"], error)
-            await self.db.run(store.set_inbound_state, row["id"], "held", error=error)
+            log.error("inbound %s: even the fallback mailbox refused it: %s", row.id, error)
+            await self.db.run(store.set_inbound_state, row.id, "held", error=error)
             return
-        log.error("inbound %s: %s refused it (%s); sending to %s", row["id"], ", ".join(to),
+        log.error("inbound %s: %s refused it (%s); sending to %s", row.id, ", ".join(to),
                   error, fallback)
         # The note first: once queued, the mail worker may mark the fax delivered at
         # any moment, and a later state write would undo that. (A crash in between
         # leaves the refused mail the latest: this runs again.)
-        await self.db.run(store.set_inbound_state, row["id"], "mailing",
+        await self.db.run(store.set_inbound_state, row.id, "mailing",
                           error=f"refused by {', '.join(to)}: {error}; sent to {fallback}")
         await self.fax_mail.queue(
             row, to=[fallback], note=f"This fax could not be delivered to {', '.join(to)}: {error}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Hashable
 
@@ -23,9 +22,10 @@ from faxbridge.runtime.config import ConfigProvider
 from faxbridge.runtime.db import Db
 from faxbridge.runtime.health import Health
 from faxbridge.runtime.wakeups import Wakeups
+from faxbridge.store.rows import OutMail
 
 
-class Mailer(Runner[sqlite3.Row]):
+class Mailer(Runner[OutMail]):
     name = "mail"
     log = logging.getLogger("faxbridge.mail")
 
@@ -35,53 +35,53 @@ class Mailer(Runner[sqlite3.Row]):
         self.db, self.config, self.mail, self.health = db, config, mail, health
         self.wakeups = wakeups
 
-    async def claim(self, limit: int, busy: frozenset[Hashable]) -> list[sqlite3.Row]:
+    async def claim(self, limit: int, busy: frozenset[Hashable]) -> list[OutMail]:
         row = await self.db.run(self.db.store.claim_mail)
         return [row] if row is not None else []
 
-    def key(self, item: sqlite3.Row) -> Hashable:
-        return item["id"]
+    def key(self, item: OutMail) -> Hashable:
+        return item.id
 
-    def describe(self, item: sqlite3.Row) -> str:
-        return f"mail {item['id']} ({item['kind']} {item['ref']})"
+    def describe(self, item: OutMail) -> str:
+        return f"mail {item.id} ({item.kind} {item.ref})"
 
-    async def failed(self, item: sqlite3.Row, exc: Exception) -> None:
+    async def failed(self, item: OutMail, exc: Exception) -> None:
         await self._finish(item, "failed", error=repr(exc))
 
-    async def _finish(self, row: sqlite3.Row, state: str, **kw: object) -> None:
-        await self.db.run(self.db.store.finish_mail, row["id"], state, **kw)
-        if state == "failed" and row["kind"] == "inbound":
+    async def _finish(self, row: OutMail, state: str, **kw: object) -> None:
+        await self.db.run(self.db.store.finish_mail, row.id, state, **kw)
+        if state == "failed" and row.kind == "inbound":
             self.wakeups.inbound.set()  # the deliverer sends it to the fallback mailbox
 
-    async def dispose(self, row: sqlite3.Row) -> None:
-        rcpts = json.loads(row["recipients_json"])
+    async def dispose(self, row: OutMail) -> None:
+        rcpts = json.loads(row.recipients_json)
         mail_cfg = self.config.current.mail
         metrics = self.health.metrics
         try:
-            refused = await self.mail.transport.send(row["mail_from"], rcpts, row["raw"],
-                                                     key=str(row["id"]))
+            refused = await self.mail.transport.send(row.mail_from, rcpts, row.raw,
+                                                     key=str(row.id))
         except Transient as exc:
-            metrics.mail_deferred(row["kind"], str(exc))
-            age = time.time() - row["created"]
+            metrics.mail_deferred(row.kind, str(exc))
+            age = time.time() - row.created
             if age > mail_cfg.give_up_after_seconds:
                 await self._finish(row, "failed", error=f"gave up after {age:.0f}s: {exc}")
                 return
-            delay = backoff(row["attempts"] + 1, base=mail_cfg.retry_min_seconds,
+            delay = backoff(row.attempts + 1, base=mail_cfg.retry_min_seconds,
                             cap=mail_cfg.retry_max_seconds)
             delay = max(delay, mail_cfg.retry_min_seconds / 2)
-            self.log.warning("mail %s (%s %s) deferred %.1fs: %s", row["id"], row["kind"],
-                             row["ref"], delay, exc)
+            self.log.warning("mail %s (%s %s) deferred %.1fs: %s", row.id, row.kind,
+                             row.ref, delay, exc)
             await self._finish(row, "queued", error=str(exc), next_attempt=time.time() + delay)
             return
         except Permanent as exc:
-            metrics.mail_failures.labels(row["kind"], "refused").inc()
-            self.log.error("mail %s (%s %s) refused: %s", row["id"], row["kind"], row["ref"],
+            metrics.mail_failures.labels(row.kind, "refused").inc()
+            self.log.error("mail %s (%s %s) refused: %s", row.id, row.kind, row.ref,
                            exc)
             await self._finish(row, "failed", error=str(exc))
             return
         self.health.last_contact["relay"] = time.time()
-        metrics.mail_ok("deliver", row["kind"])
+        metrics.mail_ok("deliver", row.kind)
         await self._finish(row, "sent", refused=refused,
                            error=("partly refused: " + "; ".join(refused)) if refused else None)
-        if row["kind"] == "inbound":
+        if row.kind == "inbound":
             metrics.inbound_delivered.inc()

@@ -8,9 +8,8 @@ from faxbridge.intake.numbers import pretty
 from faxbridge.outbound.statuses import explain
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from faxbridge.mail.compose import Composer
+    from faxbridge.store.rows import Job
 
 
 def event_for(results: list[dict[str, Any]], submitted: bool) -> str:
@@ -30,7 +29,7 @@ def wanted(notify: str, event: str) -> bool:
     return True
 
 
-def build_report(composer: Composer, job: sqlite3.Row, recipients: list[dict[str, Any]],
+def build_report(composer: Composer, job: Job, recipients: list[dict[str, Any]],
                  event: str, *, mail_from: str, pages: int | None = None,
                  error: str | None = None,
                  documents: list[tuple[str, str, bytes]] = ()) -> bytes:
@@ -44,12 +43,12 @@ def build_report(composer: Composer, job: sqlite3.Row, recipients: list[dict[str
                      "remote_csid": r.get("remote_csid")})
     failed = [x for x in rows if x["status"].upper() != "OK"]
     ctx = {
-        "event": event, "job_id": job["id"], "retarus_job_id": job["retarus_job_id"],
-        "subject": job["subject"] or "", "sender": job["sender"], "recipients": rows,
+        "event": event, "job_id": job.id, "retarus_job_id": job.retarus_job_id,
+        "subject": job.subject or "", "sender": job.sender, "recipients": rows,
         "failed": failed, "pages": pages, "error": error,
         "target": rows[0]["number"] if len(rows) == 1 else f"{len(rows)} recipients",
         "documents": [name for name, _, _ in documents],
     }
-    msg = composer.compose(f"report.{event}", ctx, mail_from=mail_from, to=[job["sender"]],
-                           in_reply_to=job["message_id"], attachments=list(documents))
+    msg = composer.compose(f"report.{event}", ctx, mail_from=mail_from, to=[job.sender],
+                           in_reply_to=job.message_id, attachments=list(documents))
     return msg.as_bytes()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from faxbridge.config import Config, SenderRule
 from faxbridge.retarus.body import Body
 from faxbridge.retarus.models import FaxJobRequest
+from faxbridge.store.rows import Job, JobRecipient
 
 
 def fax_options(cfg: Config, rule: SenderRule) -> dict[str, Any]:
@@ -31,19 +32,19 @@ def fax_options(cfg: Config, rule: SenderRule) -> dict[str, Any]:
             "cover_page_template": opts.cover_page_template or cfg.fax.cover_page_template}
 
 
-def job_request(cfg: Config, job: Mapping[str, Any], recipients: Sequence[Mapping[str, Any]],
+def job_request(cfg: Config, job: Job, recipients: Sequence[JobRecipient],
                 push_url: str | None = None) -> dict[str, Any]:
     """The FaxJobRequest of a stored job, everything but the documents: its options,
     header and recipients (number, display name) as stored, the push URL as now."""
-    opts = json.loads(job["options_json"])
+    opts = job.options
     req: dict[str, Any] = {
         # The bridge's own id travels as customerDefinedId so a job caught by a
         # crash between POST and commit can be found again (docs/retarus-wire.md §2.1: customerDefinedId).
-        "reference": {"customerDefinedId": job["id"]},
+        "reference": {"customerDefinedId": job.id},
         "recipients": [
-            {"number": r["number"],
-             **({"properties": [{"key": "ToName", "value": r["display_name"][:100]}]}
-                if r["display_name"] else {})}
+            {"number": r.number,
+             **({"properties": [{"key": "ToName", "value": r.display_name[:100]}]}
+                if r.display_name else {})}
             for r in recipients],
         "transportOptions": {"isExpress": bool(opts.get("express")),
                              "isBlacklistEnabled": bool(opts.get("blacklist", True))},
@@ -55,8 +56,8 @@ def job_request(cfg: Config, job: Mapping[str, Any], recipients: Sequence[Mappin
         req["reference"]["billingCode"] = opts["billing_code"]
     if opts.get("csid"):
         req["transportOptions"]["csid"] = opts["csid"]
-    if job["header"]:
-        req["renderingOptions"]["header"] = job["header"]
+    if job.header:
+        req["renderingOptions"]["header"] = job.header
     if opts.get("cover_page_template"):
         req["renderingOptions"]["coverpageTemplate"] = opts["cover_page_template"]
     if push_url:

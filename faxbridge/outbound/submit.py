@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Hashable
@@ -28,14 +27,15 @@ from faxbridge.runtime.config import ConfigProvider
 from faxbridge.runtime.db import Db
 from faxbridge.runtime.health import Health
 from faxbridge.runtime.wakeups import Wakeups
+from faxbridge.store.rows import Job
 
 if TYPE_CHECKING:
-    from faxbridge.store import Store
+    from faxbridge.store.protocol import Store
 
 log = logging.getLogger("faxbridge.submit")
 
 
-class Submitter(Runner[sqlite3.Row]):
+class Submitter(Runner[Job]):
     """Up to fax.submit_concurrency submissions at once; a job is never in flight twice
     (and the store's claim is guarded anyway). The confirmation pass runs beside it
     on its own clock."""
@@ -70,17 +70,17 @@ class Submitter(Runner[sqlite3.Row]):
     async def prepare(self) -> None:
         await self.recover()
 
-    async def claim(self, limit: int, busy: frozenset[Hashable]) -> list[sqlite3.Row]:
+    async def claim(self, limit: int, busy: frozenset[Hashable]) -> list[Job]:
         return await self.db.run(self.db.store.next_jobs, limit, busy)
 
-    def key(self, item: sqlite3.Row) -> Hashable:
-        return item["id"]
+    def key(self, item: Job) -> Hashable:
+        return item.id
 
-    def describe(self, item: sqlite3.Row) -> str:
-        return f"job={item['id']} message_id={item['message_id']}"
+    def describe(self, item: Job) -> str:
+        return f"job={item.id} message_id={item.message_id}"
 
-    async def failed(self, job: sqlite3.Row, exc: Exception) -> None:
-        await self.db.run(self.db.store.set_job_state, job["id"], "held", event="held",
+    async def failed(self, job: Job, exc: Exception) -> None:
+        await self.db.run(self.db.store.set_job_state, job.id, "held", event="held",
                           detail=f"unexpected error: {exc!r}", error=repr(exc))
 
     async def confirm_loop(self) -> None:
@@ -96,9 +96,9 @@ class Submitter(Runner[sqlite3.Row]):
                               self.config.current.fax.report_poll_min_seconds)
             await asyncio.sleep(self.config.current.fax.report_poll_min_seconds)
 
-    async def dispose(self, job: sqlite3.Row) -> None:
+    async def dispose(self, job: Job) -> None:
         store, fax4a = self.db.store, self.retarus.fax4a
-        job_id = job["id"]
+        job_id = job.id
         docs = await self.db.run(store.job_documents, job_id)
         recipients = await self.db.run(store.job_recipients, job_id)
         push_secret = self.retarus.push_secret
@@ -107,7 +107,7 @@ class Submitter(Runner[sqlite3.Row]):
             request = job_request(self.config.current, job, recipients,
                                   self.retarus.push_url())
             body = submission_body(with_validity(request, job),
-                                   [(d["name"], d["charset"], d["data"]) for d in docs],
+                                   [(d.name, d.charset, d.data) for d in docs],
                                    push_secret)
         except ValidationError as exc:
             await self.db.run(store.set_job_state, job_id, "held", event="held",
@@ -119,7 +119,7 @@ class Submitter(Runner[sqlite3.Row]):
         # the only window recovery cannot decide; it is kept as small as possible).
         if not await self.db.run(store.claim_job, job_id):
             return
-        if time.time() >= job["valid_until"]:
+        if time.time() >= job.valid_until:
             # Retarus would refuse a job whose jobValid.end has passed (Job Expiration),
             # and the tracker would not follow it any more: say so instead of trying.
             await self.not_submitted(
@@ -130,22 +130,22 @@ class Submitter(Runner[sqlite3.Row]):
         except Unconfirmed as exc:
             # It may be at Retarus already: hold it as unconfirmed; the confirmation
             # pass promotes it once Retarus lists it under our customerDefinedId.
-            log.warning("job=%s message_id=%s %s; not resending", job_id, job["message_id"],
+            log.warning("job=%s message_id=%s %s; not resending", job_id, job.message_id,
                         exc)
             await self.db.run(store.set_job_state, job_id, "held", event="unconfirmed",
                               detail=f"{exc}; {UNCONFIRMED_HINT}", error=UNCONFIRMED)
             return
         except (Transient, AuthError) as exc:
             now = time.time()
-            if now >= job["deadline"]:
+            if now >= job.deadline:
                 await self.not_submitted(
                     job, f"The fax service could not be reached before the deadline ({exc}).")
                 return
-            delay = backoff(job["attempts"] + 1, base=2.0, cap=300.0,
+            delay = backoff(job.attempts + 1, base=2.0, cap=300.0,
                             retry_after_s=getattr(exc, "retry_after", None))
             if isinstance(exc, AuthError):
                 log.error("job=%s message_id=%s Retarus refused our credentials: %s", job_id,
-                          job["message_id"], exc)
+                          job.message_id, exc)
                 delay = max(delay, 60.0)
             self.health.metrics.submit_retries.inc()
             await self.db.run(store.set_job_state, job_id, "deferred", event="deferred",
@@ -159,12 +159,12 @@ class Submitter(Runner[sqlite3.Row]):
         await self.db.run(store.set_job_state, job_id, "submitted", event="submitted",
                           detail=f"Retarus jobId {retarus_id} via {base}",
                           retarus_job_id=retarus_id, datacenter=base)
-        log.info("job=%s message_id=%s submitted as %s", job_id, job["message_id"], retarus_id)
+        log.info("job=%s message_id=%s submitted as %s", job_id, job.message_id, retarus_id)
 
-    async def not_submitted(self, job: sqlite3.Row, error: str) -> None:
+    async def not_submitted(self, job: Job, error: str) -> None:
         """Fail a job that never reached Retarus, with its "could not be sent" report."""
-        recipients = await self.db.run(self.db.store.job_recipients, job["id"])
-        results = [{"idx": r["idx"], "number": r["number"], "display_name": r["display_name"],
+        recipients = await self.db.run(self.db.store.job_recipients, job.id)
+        results = [{"idx": r.idx, "number": r.number, "display_name": r.display_name,
                     "status": "NOT_SENT", "reason": "not submitted"} for r in recipients]
         await self.finisher.finish(job, results=results, submitted=False, source="submit",
                                    error=error, expect=("submitting",))
@@ -175,7 +175,7 @@ class Submitter(Runner[sqlite3.Row]):
         by customerDefinedId → submitted; not found → held for the admin, never resent."""
         store = self.db.store
         for job in await self.db.run(store.jobs_in, ("submitting",)):
-            await self.db.run(store.set_job_state, job["id"], "held", event="unconfirmed",
+            await self.db.run(store.set_job_state, job.id, "held", event="unconfirmed",
                               detail=f"interrupted while submitting; {UNCONFIRMED_HINT}",
                               error=UNCONFIRMED)
 
@@ -207,60 +207,60 @@ class Submitter(Runner[sqlite3.Row]):
         by_ref = {(r.reference or {}).get("customerDefinedId"): (r, base) for r, base in reports}
         grace = self.config.current.fax.report_poll_max_seconds
         for job in waiting:
-            found = by_ref.get(job["id"])
+            found = by_ref.get(job.id)
             if found:
                 rep, base = found
                 await self.db.run(
-                    store.set_job_state, job["id"], "submitted", event="confirmed",
+                    store.set_job_state, job.id, "submitted", event="confirmed",
                     detail=f"found at Retarus as {rep.jobId} ({base})",
                     retarus_job_id=rep.jobId, datacenter=base, next_attempt=0,
                     expect=("held",))
-                log.info("job=%s message_id=%s confirmed at Retarus as %s", job["id"],
-                         job["message_id"], rep.jobId)
-            elif started >= job["valid_until"] + grace:
+                log.info("job=%s message_id=%s confirmed at Retarus as %s", job.id,
+                         job.message_id, rep.jobId)
+            elif started >= job.valid_until + grace:
                 if full:
                     log.warning("job=%s not in the report lists, but %s list(s) are full "
-                                "(%d reports): still looking", job["id"], ", ".join(full),
+                                "(%d reports): still looking", job.id, ", ".join(full),
                                 LIST_LIMIT)
                     continue
                 await self.db.run(
-                    store.set_job_state, job["id"], "held", event="not-found",
-                    detail=(f"Retarus does not list customerDefinedId {job['id']} although "
-                                  f"the job's validity ended {_iso(job['valid_until'])}: it was "
+                    store.set_job_state, job.id, "held", event="not-found",
+                    detail=(f"Retarus does not list customerDefinedId {job.id} although "
+                                  f"the job's validity ended {_iso(job.valid_until)}: it was "
                                   "never taken, so the fax was not sent. "
                                   "`faxbridge jobs release ID` sends it now"),
                     error=NOT_FOUND, expect=("held",))
                 log.warning("job=%s message_id=%s never found at Retarus; held for the admin "
-                            "(safe to release)", job["id"], job["message_id"])
+                            "(safe to release)", job.id, job.message_id)
 
 
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def with_validity(skeleton: dict[str, Any], job: sqlite3.Row) -> dict[str, Any]:
+def with_validity(skeleton: dict[str, Any], job: Job) -> dict[str, Any]:
     """The request with meta.jobValid.end = the job's valid_until. Retarus finishes
     (sends or expires) a job by then, so its report is listed afterwards: that is
     what lets the confirmation pass conclude "never taken" for a job it cannot find.
     Without it Retarus keeps a job for a month (fax4a-send-fax "meta.jobValid")."""
     meta = dict(skeleton.get("meta") or {})
     # customerReference is required inside meta (Go SDK, Retarus SAP swagger)
-    meta.setdefault("customerReference", job["id"])
-    meta["jobValid"] = {**(meta.get("jobValid") or {}), "end": _iso(job["valid_until"])}
+    meta.setdefault("customerReference", job.id)
+    meta["jobValid"] = {**(meta.get("jobValid") or {}), "end": _iso(job.valid_until)}
     return {**skeleton, "meta": meta}
 
 
-def confirmation(job: sqlite3.Row) -> dict[str, Any] | None:
+def confirmation(job: Job) -> dict[str, Any] | None:
     """For job views: whether the confirmation pass is still looking for this job at
     Retarus, and what that means for releasing it. None for other jobs."""
-    if job["state"] != "held" or job["last_error"] not in (UNCONFIRMED, NOT_FOUND):
+    if job.state != "held" or job.last_error not in (UNCONFIRMED, NOT_FOUND):
         return None
-    if job["last_error"] == UNCONFIRMED:
-        return {"looking": True, "until": _iso(job["valid_until"]),
+    if job.last_error == UNCONFIRMED:
+        return {"looking": True, "until": _iso(job.valid_until),
                 "note": ("may be at Retarus already; looked for by customerDefinedId until "
-                         f"its validity ends ({_iso(job['valid_until'])}, plus a poll "
+                         f"its validity ends ({_iso(job.valid_until)}, plus a poll "
                          "interval). Releasing it now may send the fax twice (--force)")}
-    return {"looking": False, "until": _iso(job["valid_until"]),
+    return {"looking": False, "until": _iso(job.valid_until),
             "note": "never found at Retarus: not sent; releasing it sends it"}
 
 
@@ -270,20 +270,20 @@ def release_job(store: Store, job_id: str, *, by: str, force: bool = False) -> t
     confirmation pass is still looking for is refused unless forced: Retarus may be
     sending it, and releasing it would send the fax twice."""
     job = store.job(job_id)
-    if job is None or job["state"] != "held":
+    if job is None or job.state != "held":
         return False, f"job {job_id} is not held"
-    looking = job["last_error"] == UNCONFIRMED
+    looking = job.last_error == UNCONFIRMED
     if looking and not force:
         return False, (f"job {job_id} is an unconfirmed submission that may be at Retarus "
                        "already; it is looked for until its validity ends "
-                       f"({_iso(job['valid_until'])}). Releasing it now may send the fax "
+                       f"({_iso(job.valid_until)}). Releasing it now may send the fax "
                        "twice; force it only if you know Retarus does not have it")
     now = time.time()
     detail = f"released by {by}" + (
         " while still unconfirmed (forced: it may be sent twice)" if looking else "")
     if not store.release_job(job_id, detail=detail,
-                             deadline=now + (job["deadline"] - job["created"]),
-                             valid_until=now + (job["valid_until"] - job["created"])):
+                             deadline=now + (job.deadline - job.created),
+                             valid_until=now + (job.valid_until - job.created)):
         return False, f"job {job_id} is not held"
     return True, f"job {job_id} released"
 

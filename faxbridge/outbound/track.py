@@ -5,7 +5,6 @@ the status push. Both paths end in apply_report(), which is idempotent."""
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Hashable
 from typing import Any
@@ -22,22 +21,23 @@ from faxbridge.runtime.config import ConfigProvider
 from faxbridge.runtime.db import Db
 from faxbridge.runtime.health import Health
 from faxbridge.runtime.wakeups import Wakeups
+from faxbridge.store.rows import Job, JobRecipient
 
 log = logging.getLogger("faxbridge.track")
 
 
-def match_results(recipients: list[sqlite3.Row], report: FaxReport) -> list[dict[str, Any]]:
+def match_results(recipients: list[JobRecipient], report: FaxReport) -> list[dict[str, Any]]:
     """Pair report entries with our recipients: by number (the report may format it,
     e.g. '+49 89 1234567-8900'), else by position."""
     statuses = list(report.recipientStatus)
     out = []
     for i, r in enumerate(recipients):
-        hit = next((s for s in statuses if same_number(s.number, r["number"])), None)
+        hit = next((s for s in statuses if same_number(s.number, r.number)), None)
         if hit is None and i < len(report.recipientStatus):
             hit = report.recipientStatus[i]
         if hit is not None and hit in statuses:
             statuses.remove(hit)
-        out.append({"idx": r["idx"], "number": r["number"], "display_name": r["display_name"],
+        out.append({"idx": r.idx, "number": r.number, "display_name": r.display_name,
                     "status": hit.status if hit else None,
                     "reason": hit.reason if hit else "not in the report",
                     "sent_ts": hit.sentTs if hit else None,
@@ -56,7 +56,7 @@ class Finisher:
         self.db, self.config, self.mail, self.health = db, config, mail, health
         self.wakeups = wakeups
 
-    async def finish(self, job: sqlite3.Row, *, results: list[dict[str, Any]],
+    async def finish(self, job: Job, *, results: list[dict[str, Any]],
                      submitted: bool, source: str, pages: int | None = None,
                      error: str | None = None, datacenter: str | None = None,
                      expect: tuple[str, ...] = ("submitted",)) -> bool:
@@ -64,11 +64,11 @@ class Finisher:
         store, cfg, metrics = self.db.store, self.config.current, self.health.metrics
         event = event_for(results, submitted)
         mail = None
-        if wanted(job["notify"], event):
+        if wanted(job.notify, event):
             docs: list[tuple[str, str, bytes]] = []
-            if job["attach_documents"]:
-                docs = [(d["name"], d["content_type"], d["data"])
-                        for d in await self.db.run(store.job_documents, job["id"])]
+            if job.attach_documents:
+                docs = [(d.name, d.content_type, d.data)
+                        for d in await self.db.run(store.job_documents, job.id)]
             try:
                 raw = build_report(self.mail.composer, job, results, event,
                                    mail_from=cfg.mail.from_address, pages=pages,
@@ -77,31 +77,31 @@ class Finisher:
                 metrics.compose_failed("report", str(exc))
                 raise
             metrics.mail_ok("compose", "report")
-            mail = (cfg.mail.from_address, [job["sender"]], raw)
+            mail = (cfg.mail.from_address, [job.sender], raw)
         state = "done" if event in ("delivered", "partial") else "failed"
         summary = ", ".join(f"{r['number']} {r['status'] or '-'}" for r in results)
-        changed = await self.db.run(store.finish_job, job["id"], state, event=state,
+        changed = await self.db.run(store.finish_job, job.id, state, event=state,
                                     detail=f"{event} ({source}): {summary}" + (
                                         f"; {error}" if error else ""),
                                     recipients=results, error=error, datacenter=datacenter,
                                     mail=mail, expect=expect)
         if changed:
             if submitted:
-                metrics.report_latency.observe(time.time() - job["created"])
-            log.info("job=%s message_id=%s %s via %s", job["id"], job["message_id"], event,
+                metrics.report_latency.observe(time.time() - job.created)
+            log.info("job=%s message_id=%s %s via %s", job.id, job.message_id, event,
                      source)
             self.wakeups.mail.set()
         return changed
 
-    async def apply_report(self, job: sqlite3.Row, report: FaxReport, source: str,
+    async def apply_report(self, job: Job, report: FaxReport, source: str,
                            datacenter: str | None = None) -> bool:
-        recipients = await self.db.run(self.db.store.job_recipients, job["id"])
+        recipients = await self.db.run(self.db.store.job_recipients, job.id)
         results = match_results(recipients, report)
         return await self.finish(job, results=results, submitted=True, source=source,
                                  pages=report.pages, datacenter=datacenter)
 
 
-class Tracker(Runner[sqlite3.Row]):
+class Tracker(Runner[Job]):
     """Polls the final report of each submitted job that is due."""
 
     name = "track"
@@ -118,39 +118,39 @@ class Tracker(Runner[sqlite3.Row]):
     def idle(self) -> float:  # type: ignore[override]
         return min(1.0, self.config.current.fax.report_poll_min_seconds / 2)
 
-    async def claim(self, limit: int, busy: frozenset[Hashable]) -> list[sqlite3.Row]:
+    async def claim(self, limit: int, busy: frozenset[Hashable]) -> list[Job]:
         return await self.db.run(self.db.store.due_submitted, time.time())
 
     async def pause(self, claimed: int, failed: int) -> None:
         await self.wait(self.idle)  # each job polled is scheduled again for later
 
-    def key(self, item: sqlite3.Row) -> Hashable:
-        return item["id"]
+    def key(self, item: Job) -> Hashable:
+        return item.id
 
-    def describe(self, item: sqlite3.Row) -> str:
-        return f"job={item['id']} message_id={item['message_id']}"
+    def describe(self, item: Job) -> str:
+        return f"job={item.id} message_id={item.message_id}"
 
-    async def failed(self, job: sqlite3.Row, exc: Exception) -> None:
+    async def failed(self, job: Job, exc: Exception) -> None:
         if isinstance(exc, ComposeError):  # nothing recorded: the next poll tries again
-            log.error("job=%s final report not recorded: %s", job["id"], exc)
+            log.error("job=%s final report not recorded: %s", job.id, exc)
             detail, error = f"final, but {exc}", str(exc)
         else:
             detail, error = "tracking error", "tracking error (see the log)"
-        await self.db.run(self.db.store.schedule_poll, job["id"],
+        await self.db.run(self.db.store.schedule_poll, job.id,
                           time.time() + self._interval(job), detail, error)
 
-    def _interval(self, job: sqlite3.Row) -> float:
+    def _interval(self, job: Job) -> float:
         fax = self.config.current.fax
-        age = time.time() - job["created"]
+        age = time.time() - job.created
         return min(fax.report_poll_max_seconds, max(fax.report_poll_min_seconds, age / 2))
 
-    async def dispose(self, job: sqlite3.Row) -> None:
+    async def dispose(self, job: Job) -> None:
         store, fax4a = self.db.store, self.retarus.fax4a
         now = time.time()
-        if now > job["valid_until"]:
-            recipients = await self.db.run(store.job_recipients, job["id"])
-            results = [{"idx": r["idx"], "number": r["number"],
-                        "display_name": r["display_name"], "status": "UNKNOWN",
+        if now > job.valid_until:
+            recipients = await self.db.run(store.job_recipients, job.id)
+            results = [{"idx": r.idx, "number": r.number,
+                        "display_name": r.display_name, "status": "UNKNOWN",
                         "reason": "no final report before the job's validity ended"}
                        for r in recipients]
             await self.finisher.finish(
@@ -159,7 +159,7 @@ class Tracker(Runner[sqlite3.Row]):
             return
         error = None
         try:
-            report, base = await fax4a.get_report(job["retarus_job_id"])
+            report, base = await fax4a.get_report(job.retarus_job_id)
         except NotFound:
             detail = "no data center has the report yet"
         except (Transient, AuthError) as exc:
@@ -170,11 +170,11 @@ class Tracker(Runner[sqlite3.Row]):
                 await self.finisher.apply_report(job, report, "poll", datacenter=base)
                 return
             detail = f"PENDING at {base}"
-        await self.db.run(store.schedule_poll, job["id"], now + self._interval(job), detail,
+        await self.db.run(store.schedule_poll, job.id, now + self._interval(job), detail,
                           error)
 
 
-class ReportCleaner(Runner[tuple[str | None, list[sqlite3.Row]]]):
+class ReportCleaner(Runner[tuple[str | None, list[Job]]]):
     """Deletes final reports at Retarus once stored here (the Fax4A docs recommend
     deleting fetched reports; the list endpoint only shows the oldest 1000). One item
     is one data center's reports (a bulk delete), or one report whose data center is
@@ -190,38 +190,38 @@ class ReportCleaner(Runner[tuple[str | None, list[sqlite3.Row]]]):
         self.idle = every
 
     async def claim(self, limit: int, busy: frozenset[Hashable]
-                    ) -> list[tuple[str | None, list[sqlite3.Row]]]:
+                    ) -> list[tuple[str | None, list[Job]]]:
         if not self.config.current.retarus.delete_reports:
             return []
         rows = await self.db.run(self.db.store.reports_to_delete)
         known = self.retarus.fax4a.ep.datacenter_urls
-        by_dc: dict[str | None, list[sqlite3.Row]] = {}
+        by_dc: dict[str | None, list[Job]] = {}
         for r in rows:
-            dc = r["datacenter"] if r["datacenter"] in known else None
+            dc = r.datacenter if r.datacenter in known else None
             by_dc.setdefault(dc, []).append(r)
         return [(dc, [j]) for j in by_dc.pop(None, [])] + list(by_dc.items())
 
     async def pause(self, claimed: int, failed: int) -> None:
         await self.wait(self.idle)  # one unreachable data center: the next pass retries
 
-    def describe(self, item: tuple[str | None, list[sqlite3.Row]]) -> str:
+    def describe(self, item: tuple[str | None, list[Job]]) -> str:
         dc, jobs = item
-        return f"report clean-up at {dc or 'an unknown data center'} (job={jobs[0]['id']}…)"
+        return f"report clean-up at {dc or 'an unknown data center'} (job={jobs[0].id}…)"
 
-    async def dispose(self, item: tuple[str | None, list[sqlite3.Row]]) -> None:
+    async def dispose(self, item: tuple[str | None, list[Job]]) -> None:
         dc, jobs = item
         store, fax4a = self.db.store, self.retarus.fax4a
         if dc is None:  # data center unknown: delete where it is found
             j = jobs[0]
             try:
-                rep = await fax4a.delete_report(j["retarus_job_id"])
+                rep = await fax4a.delete_report(j.retarus_job_id)
             except Transient as exc:
-                log.warning("job=%s report clean-up deferred: %s", j["id"], exc)
+                log.warning("job=%s report clean-up deferred: %s", j.id, exc)
                 return
-            await self.db.run(store.mark_reports_deleted, [j["id"]],
+            await self.db.run(store.mark_reports_deleted, [j.id],
                               f"deleted at Retarus: {rep.deleted} {rep.reason or ''}")
             return
-        ids = {j["retarus_job_id"]: j["id"] for j in jobs}
+        ids = {j.retarus_job_id: j.id for j in jobs}
         results = await fax4a.bulk("DELETE", list(ids), dc)
         await self.db.run(store.mark_reports_deleted, list(ids.values()),
                           f"bulk delete at {dc}: " + ", ".join(

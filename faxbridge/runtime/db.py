@@ -8,7 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from faxbridge.store import Store
+from faxbridge.store.protocol import Store
 
 T = TypeVar("T")
 

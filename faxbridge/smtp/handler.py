@@ -24,7 +24,7 @@ from faxbridge.intake.numbers import parse_number, split_address
 from faxbridge.intake.slim import header_block
 from faxbridge.intake.subject import decode_subject, header_line
 from faxbridge.outbound.request import fax_options
-from faxbridge.store import NewDocument, NewJob, NewRecipient, SmtpLogRecord, new_job_id
+from faxbridge.store.new import NewDocument, NewJob, NewRecipient, SmtpLogRecord, new_job_id
 
 if TYPE_CHECKING:
     from faxbridge.metrics import Metrics

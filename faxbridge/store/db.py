@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from faxbridge.errors import StoreError
+
 # Each entry migrates from version i to i+1. Append only; never edit a shipped one.
 MIGRATIONS: list[str] = [
     """
@@ -217,28 +219,75 @@ def _statements(script: str) -> Iterator[str]:
 
 
 class Database:
-    """One connection shared under a lock; every write is one transaction."""
+    """One connection shared under a lock; every write is one transaction.
+
+    The one place where sqlite3.Error becomes the project's StoreError: every
+    statement the store runs goes through tx(), read() or query() (or opening the
+    database), so callers and the table modules never see a library exception."""
 
     def __init__(self, path: Path, busy_timeout_ms: int = 10000) -> None:
         self.path = path
-        self.conn = connect(path, busy_timeout_ms)
+        with mapped(f"cannot open store {path}"):
+            self.conn = connect(path, busy_timeout_ms)
         self.lock = threading.RLock()
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        with self.lock:
+        with self.lock, mapped("store transaction failed"):
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                # SQLite may already have rolled back (e.g. disk full); a second
+                # ROLLBACK would hide the error that matters
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
                 raise
             self.conn.execute("COMMIT")
 
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """The connection for reads that need more than one statement (blob I/O)."""
+        with self.lock, mapped("store read failed"):
+            yield self.conn
+
     def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
-        with self.lock:
+        with self.lock, mapped("store query failed"):
             return self.conn.execute(sql, params).fetchall()
 
     def close(self) -> None:
         with self.lock:
             self.conn.close()
+
+
+@contextmanager
+def mapped(what: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"{what}: {exc}") from exc
+
+
+# Blobs go in and out through SQLite's incremental blob I/O: binding a 30 MB value
+# makes SQLite copy it (and build the record around it) before the pages are
+# written, and reading one materialises it in SQLite's heap before Python copies it.
+# The blob must be the last column of its row (job_documents.data,
+# job_messages.raw): only there does SQLite keep the zeroblob() unexpanded.
+BLOB_CHUNK = 1 << 20
+
+
+def write_blob(c: sqlite3.Connection, table: str, column: str, rowid: int | None,
+               data: bytes | bytearray) -> None:
+    if not data:
+        return
+    assert rowid is not None
+    view = memoryview(data)
+    with c.blobopen(table, column, rowid) as blob:
+        for i in range(0, len(data), BLOB_CHUNK):
+            blob.write(view[i:i + BLOB_CHUNK])
+
+
+def read_blob(c: sqlite3.Connection, table: str, column: str, rowid: int) -> bytes:
+    # both blob columns are NOT NULL and only ever written as blobs (zeroblob(0) too)
+    with c.blobopen(table, column, rowid, readonly=True) as blob:
+        return blob.read()

@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faxbridge.errors import StoreError
-from faxbridge.store import NewJob, SmtpLogRecord, Store
+from faxbridge.store.new import NewJob, SmtpLogRecord
+from faxbridge.store.protocol import Store
 
 MAX_BATCH = 64
 

@@ -83,14 +83,14 @@ def build_web_app(db: Db, config: ConfigProvider, health: Health, retarus: Retar
             log.warning("status push for unknown Retarus job %s ignored", report.jobId)
             return JSONResponse({"status": "unknown job, ignored"})
         statuses = ", ".join(r.status for r in report.recipientStatus)
-        await db.run(store.add_event, job["id"], "push", f"status push: {statuses}")
+        await db.run(store.add_event, job.id, "push", f"status push: {statuses}")
         if not report.final:
             return JSONResponse({"status": "not final, noted"})
         try:
             changed = await finisher.apply_report(job, report, "push")
         except ComposeError as exc:
             # Nothing was committed; Retarus pushes again, the report poll retries too.
-            log.error("job=%s status push not recorded: %s", job["id"], exc)
+            log.error("job=%s status push not recorded: %s", job.id, exc)
             return JSONResponse({"error": f"report mail could not be composed: {exc}"},
                                 status_code=503)
         return JSONResponse({"status": "recorded" if changed else "already final"})
