@@ -201,6 +201,9 @@ class RetarusConfig(Model):
     push_url: str | None = None
     push_username: str = "retarus"
     push_password: Secret = Secret()
+    # How Retarus authenticates the push: the job asks for it (authMethod HTTP_BASIC or
+    # HTTP_DIGEST) and the webhook accepts only that. Digest keeps the password off the wire.
+    push_auth: Literal["basic", "digest"] = "basic"
 
 
 class SimulatorConfig(Model):

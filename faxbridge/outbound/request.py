@@ -61,7 +61,8 @@ def job_request(cfg: Config, job: Job, recipients: Sequence[JobRecipient],
     if opts.get("cover_page_template"):
         req["renderingOptions"]["coverpageTemplate"] = opts["cover_page_template"]
     if push_url:
-        push: dict[str, Any] = {"targetUrl": push_url, "authMethod": "HTTP_BASIC",
+        auth_method = {"basic": "HTTP_BASIC", "digest": "HTTP_DIGEST"}[cfg.retarus.push_auth]
+        push: dict[str, Any] = {"targetUrl": push_url, "authMethod": auth_method,
                                 "principal": cfg.retarus.push_username}
         req["statusReportOptions"] = {"httpStatusPush": push}
     return req

@@ -105,9 +105,14 @@ async def config(request: Request) -> Response:
         state.ha_route = dict(b["ha_route"])
     if "push_style" in b:
         state.push_style = b["push_style"]
+    if "push_format" in b:
+        if b["push_format"] not in ("xml", "json"):
+            return JSONResponse({"error": "push_format: expected \"xml\" or \"json\""},
+                                status_code=400)
+        state.push_format = b["push_format"]
     return JSONResponse({"complete_after": state.complete_after,
                          "lock_seconds": state.lock_seconds, "ha_route": state.ha_route,
-                         "push_style": state.push_style})
+                         "push_style": state.push_style, "push_format": state.push_format})
 
 
 async def reset(request: Request) -> Response:

@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import time
+import xml.etree.ElementTree as ET
 from typing import Any
 
 import httpx
@@ -51,8 +52,67 @@ def report_dc(dc: str) -> str:
     return random.choice(HA[dc]) if dc in HA else dc
 
 
+PUSH_NS = "http://retarus.com/fax4ba/faxws/3/0"
+
+
+def push_xml(job: SimJob, rep: dict[str, Any], push_opts: dict[str, Any]) -> bytes:
+    """The push as Retarus posts it by default: the faxJobReport of the SOAP
+    getFaxReports answer (the example of the HTTP status push page), one faxRecipient
+    and one document element per item; reportMail only when the job asked for one."""
+    ET.register_namespace("", PUSH_NS)
+
+    def sub(parent: ET.Element, name: str, text: object = None) -> ET.Element:
+        el = ET.SubElement(parent, f"{{{PUSH_NS}}}{name}")
+        if text is not None:
+            el.text = str(text).lower() if isinstance(text, bool) else str(text)
+        return el
+
+    root = ET.Element(f"{{{PUSH_NS}}}faxJobReport")
+    sub(root, "jobId", rep["jobId"])
+    mail = (job.body.get("statusReportOptions") or {}).get("reportMail")
+    if mail:
+        rm = sub(root, "reportMail")
+        for key in ("successAddress", "failureAddress", "attachedFaxImageMode",
+                    "attachedFaxImageFormat"):
+            sub(rm, key, mail.get(key) or "")
+    hp = sub(root, "httpStatusPush")
+    sub(hp, "url", push_opts.get("targetUrl"))
+    sub(hp, "authMethod", push_opts.get("authMethod", "NONE"))
+    for i, r in enumerate(rep["recipientStatus"]):
+        fr = sub(root, "faxRecipient")
+        sub(fr, "number", r["number"])
+        # the page's example carries a per-recipient id; ours is derived from the job id
+        sub(fr, "numId", f"FN{job.job_id[2:20]}{i:02d}")
+        for key, wire in (("status", "status"), ("reason", "reason"), ("sentTs", "sentTS"),
+                          ("durationInSecs", "durationInSecs"),
+                          ("sentToNumber", "sentToNumber"), ("remoteCsid", "remoteCsid")):
+            if r.get(key) is not None:
+                sub(fr, wire, r[key])
+    for d in job.body.get("documents") or []:
+        doc = sub(root, "document")
+        sub(doc, "name", d.get("name", ""))
+        sub(doc, "isText", str(d.get("name", "")).lower().endswith(".txt"))
+    sub(root, "pages", rep["pages"])
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def push_json(rep: dict[str, Any], push_opts: dict[str, Any], style: str) -> dict[str, Any]:
+    """The JSON push (on request at Retarus): the XML's fields under JSON names; the
+    list is faxRecipients (REST page) or faxRecipient (push_style "singular")."""
+    payload: dict[str, Any] = {"jobId": rep["jobId"], "pages": rep["pages"],
+                               "httpStatusPush": {"url": push_opts.get("targetUrl"),
+                                                  "authMethod": push_opts.get("authMethod",
+                                                                              "NONE")}}
+    recips = [{**r, "sentTS": r.get("sentTs")} for r in rep["recipientStatus"]]
+    for r in recips:
+        r.pop("sentTs", None)
+    payload["faxRecipient" if style == "singular" else "faxRecipients"] = recips
+    return payload
+
+
 async def push(state: SimState, job: SimJob) -> None:
-    """Post the job's final report to its httpStatusPush target once it completes."""
+    """Post the job's final report to its httpStatusPush target once it completes, in
+    the configured format (XML by default, as Retarus), authenticated as the job asked."""
     push_opts = ((job.body.get("statusReportOptions") or {}).get("httpStatusPush") or {})
     url = push_opts.get("targetUrl")
     delay = max(0.0, job.completes_at - time.time())
@@ -60,21 +120,13 @@ async def push(state: SimState, job: SimJob) -> None:
     if not url:
         return
     rep = job.report(time.time())
-    payload: dict[str, Any] = {"jobId": rep["jobId"], "pages": rep["pages"],
-                               "httpStatusPush": {"url": url,
-                                                  "authMethod": push_opts.get("authMethod",
-                                                                              "NONE")}}
-    recips = [{**r, "sentTS": r.get("sentTs")} for r in rep["recipientStatus"]]
-    for r in recips:
-        r.pop("sentTs", None)
-    if state.push_style == "singular":
-        payload["faxRecipient"] = recips
+    if state.push_format == "json":
+        content = json.dumps(push_json(rep, push_opts, state.push_style)).encode()
+        ctype = "application/json"
     else:
-        payload["faxRecipients"] = recips
-    auth = None
-    if push_opts.get("authMethod") == "HTTP_BASIC":
-        auth = httpx.BasicAuth(push_opts.get("principal") or "",
-                               push_opts.get("credentials") or "")
+        content, ctype = push_xml(job, rep, push_opts), "text/xml; charset=utf-8"
+    principal, secret = push_opts.get("principal") or "", push_opts.get("credentials") or ""
+    method = push_opts.get("authMethod") or "NONE"
     client = state.push_client()
     for attempt in range(3):  # Retarus' retry policy is unknown (docs/retarus-wire.md §4)
         # a fault on the job's data center ("push" or "any") means that data
@@ -83,9 +135,19 @@ async def push(state: SimState, job: SimJob) -> None:
             job.pushes.append({"ts": time.time(), "error": "data center fault"})
             await asyncio.sleep(1.0 + attempt)
             continue
+        # Digest: a fresh auth per attempt sends the first request without credentials,
+        # answers the server's 401 challenge and sends again (RFC 7616). OAUTH2 would
+        # need a token endpoint the job cannot name: sent without credentials.
+        auth: httpx.Auth | None = None
+        if method == "HTTP_BASIC":
+            auth = httpx.BasicAuth(principal, secret)
+        elif method == "HTTP_DIGEST":
+            auth = httpx.DigestAuth(principal, secret)
         try:
-            resp = await client.post(url, json=payload, auth=auth)
-            job.pushes.append({"ts": time.time(), "status": resp.status_code})
+            resp = await client.post(url, content=content, headers={"Content-Type": ctype},
+                                     auth=auth)
+            job.pushes.append({"ts": time.time(), "status": resp.status_code,
+                               "format": state.push_format, "auth": method})
             if resp.status_code < 300 or 400 <= resp.status_code < 500:
                 return
         except httpx.HTTPError as exc:

@@ -108,6 +108,8 @@ class SimState:
         self.pull_password = pull_password
         self.complete_after = complete_after
         self.lock_seconds = lock_seconds
+        # XML (the getFaxReports shape, Retarus' default) or JSON (on request)
+        self.push_format = "xml"
         self.push_style = "plural"  # faxRecipients (status-push page) or singular faxRecipient
         # One client for every push: building one per push costs an SSL context each
         # (tens of ms of CPU), which made the simulator the bottleneck of benchmarks.

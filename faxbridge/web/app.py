@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -14,10 +13,11 @@ from faxbridge.basic_auth import basic_ok
 from faxbridge.mail.compose import ComposeError
 from faxbridge.outbound.track import Finisher
 from faxbridge.retarus.clients import RetarusClients
-from faxbridge.retarus.models import FaxReport
+from faxbridge.retarus.push import MAX_PUSH_BYTES, PushError, parse_push, push_format
 from faxbridge.runtime.config import ConfigProvider
 from faxbridge.runtime.db import Db
 from faxbridge.runtime.health import Health
+from faxbridge.web.digest import DigestAuthenticator
 
 log = logging.getLogger("faxbridge.web")
 
@@ -61,22 +61,54 @@ def build_web_app(db: Db, config: ConfigProvider, health: Health, retarus: Retar
             body["reasons"] = reasons
         return JSONResponse(body, status_code=503 if reasons else 200)
 
+    digest = DigestAuthenticator("faxbridge push")
+
+    def refuse_auth(stale: bool = False) -> Response:
+        resp = Response("authentication required\n", status_code=401)
+        if config.current.retarus.push_auth == "digest":
+            for challenge in digest.challenges(stale):
+                resp.headers.append("WWW-Authenticate", challenge)
+        else:
+            resp.headers["WWW-Authenticate"] = 'Basic realm="faxbridge push"'
+        return resp
+
+    async def read_capped(request: Request) -> bytes | None:
+        """The body, or None once it exceeds MAX_PUSH_BYTES (not read further)."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_PUSH_BYTES:
+            return None
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_PUSH_BYTES:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def push(request: Request) -> Response:
-        """Retarus status push (docs/retarus-wire.md §4): JSON, Basic auth. Answers 2xx only after
-        the outcome is committed; an unknown or already final job changes nothing."""
-        if not basic_ok(request.headers.get("authorization", ""),
-                        config.current.retarus.push_username, retarus.push_secret):
-            return Response("authentication required\n", status_code=401,
-                            headers={"WWW-Authenticate": 'Basic realm="faxbridge push"'})
-        ctype = request.headers.get("content-type", "")
-        if "json" not in ctype:
-            return JSONResponse({"error": "only JSON status pushes are supported; ask Retarus "
-                                          "for the JSON push format"}, status_code=415)
+        """Retarus status push (docs/retarus-wire.md §4): XML or JSON by Content-Type,
+        Basic or Digest auth as `retarus.push_auth` says. Answers 2xx only after the
+        outcome is committed; a refused body, an unknown or already final job changes
+        nothing."""
+        cfg = config.current.retarus
+        authorization = request.headers.get("authorization", "")
+        if cfg.push_auth == "digest":
+            uri = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            verdict = digest.check(authorization, request.method, uri, cfg.push_username,
+                                   retarus.push_secret)
+            if verdict != "ok":
+                return refuse_auth(stale=verdict == "stale")
+        elif not basic_ok(authorization, cfg.push_username, retarus.push_secret):
+            return refuse_auth()
         try:
-            report = FaxReport.model_validate_json(await request.body())
-        except ValidationError as exc:
-            return JSONResponse({"error": f"not a fax report: {exc.errors()[:3]}"},
-                                status_code=400)
+            push_format(request.headers.get("content-type", ""))
+            body = await read_capped(request)
+            if body is None:
+                raise PushError(413, f"status push larger than {MAX_PUSH_BYTES} bytes")
+            report = parse_push(body, request.headers.get("content-type", ""))
+        except PushError as exc:
+            log.warning("status push refused (%s): %s", exc.status, exc.reason)
+            return JSONResponse({"error": exc.reason}, status_code=exc.status)
         store = db.store
         job = await db.run(store.job_by_retarus_id, report.jobId)
         if job is None:
