@@ -213,7 +213,7 @@ async def test_refused_job_report_quotes_retarus_and_says_fix(bridge):
     assert why in text and "HTTP 400" in text
     assert "fix what the reason names and send your mail again" in text
     assert "again later" not in text and "again later" not in html
-    assert "Status:   REFUSED" in text
+    assert "Status:   REFUSED" in text and "the fax service refused the fax" in text
     job = bridge.store.job(t.job_id)
     assert job.state == "failed" and why in job.last_error
 
@@ -231,6 +231,7 @@ async def test_job_not_handed_over_in_time_report_says_later(make_bridge):
     text, _ = text_and_html(msg)
     assert "Please send your mail again later" in text and "maintenance" in text
     assert "fix what the reason names" not in text and "Status:   NOT_SENT" in text
+    assert "could not be handed to the fax service" in text
     assert bridge.store.job(t.job_id).state == "failed"
 
 
