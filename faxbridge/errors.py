@@ -15,10 +15,11 @@ class Transient(FaxbridgeError):
     """Try again later: timeouts, connection errors, 429, 5xx, 520, relay 4xx."""
 
     def __init__(self, message: str, *, status: int | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.reason = reason  # the server's own words (Retarus' "message"), if it gave any
 
 
 class Unconfirmed(Transient):
@@ -29,9 +30,11 @@ class Unconfirmed(Transient):
 class Permanent(FaxbridgeError):
     """Retrying cannot help: 400, 404, 409 from Retarus, 5xx from a mail relay."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None,
+                 reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason  # the server's own words (Retarus' "message"), if it gave any
 
 
 class AuthError(Permanent):

@@ -199,6 +199,42 @@ async def test_not_submitted_report(bridge):
     assert bridge.store.job(t.job_id).state == "failed"
 
 
+async def test_refused_job_report_quotes_retarus_and_says_fix(bridge):
+    """A 400 with sendJobRequest's JSON body: Retarus' message reaches the job's error
+    and the report, whose advice is to fix and send again (retrying cannot help)."""
+    why = "documents[0].name 'a b.pdf': at most 32 characters of a-zA-Z0-9-_."
+    async with httpx.AsyncClient() as c:
+        await c.post(f"{bridge.sim_url}/_sim/faults", json={
+            "endpoint": "send", "count": 1, "status": 400,
+            "body": {"code": 400, "message": why}})
+    t = await send(bridge.smtp_address, fax_mail())
+    msg = await one_report(bridge)
+    text, html = text_and_html(msg)
+    assert why in text and "HTTP 400" in text
+    assert "fix what the reason names and send your mail again" in text
+    assert "again later" not in text and "again later" not in html
+    assert "Status:   REFUSED" in text and "the fax service refused the fax" in text
+    job = bridge.store.job(t.job_id)
+    assert job.state == "failed" and why in job.last_error
+
+
+async def test_job_not_handed_over_in_time_report_says_later(make_bridge):
+    """The opposite case: Retarus could not be reached (503) until the deadline. Nothing
+    is wrong with the mail, so the advice is to send it again later."""
+    bridge = await make_bridge(fax={**FAST, "submit_deadline_seconds": 1})
+    async with httpx.AsyncClient() as c:
+        await c.post(f"{bridge.sim_url}/_sim/faults", json={
+            "endpoint": "send", "count": 100, "status": 503,
+            "body": {"code": 503, "message": "maintenance"}})
+    t = await send(bridge.smtp_address, fax_mail())
+    msg = await one_report(bridge)
+    text, _ = text_and_html(msg)
+    assert "Please send your mail again later" in text and "maintenance" in text
+    assert "fix what the reason names" not in text and "Status:   NOT_SENT" in text
+    assert "could not be handed to the fax service" in text
+    assert bridge.store.job(t.job_id).state == "failed"
+
+
 async def test_notify_failure_only_and_attachments(make_bridge):
     from tests.conftest import loopback_rule
     bridge = await make_bridge(fax=FAST, senders=[

@@ -328,6 +328,8 @@ async def test_request_is_built_from_the_stored_job(make_bridge):
     assert req["renderingOptions"] == {"paperFormat": "LETTER", "resolution": "LOW",
                                        "header": "m3"}
     assert [r["number"] for r in req["recipients"]] == ["+4989123456"]
+    # the meta the bridge adds passed the simulator's validation (the job is there)
+    assert req["meta"]["customerReference"] == t.job_id and req["meta"]["jobValid"]["end"]
     stored = json.loads(bridge.store.job(t.job_id).options_json)
     assert stored["billing_code"] == "cost-7" and stored["resolution"] == "LOW"
 

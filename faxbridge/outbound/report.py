@@ -46,6 +46,9 @@ def build_report(composer: Composer, job: Job, recipients: list[dict[str, Any]],
         "event": event, "job_id": job.id, "retarus_job_id": job.retarus_job_id,
         "subject": job.subject or "", "sender": job.sender, "recipients": rows,
         "failed": failed, "pages": pages, "error": error,
+        # a refused job needs a fix before it is sent again; a job that could not be
+        # handed over in time needs only a later try: the advice differs
+        "refused": any(x["status"].upper() == "REFUSED" for x in rows),
         "target": rows[0]["number"] if len(rows) == 1 else f"{len(rows)} recipients",
         "documents": [name for name, _, _ in documents],
     }

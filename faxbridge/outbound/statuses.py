@@ -19,6 +19,10 @@ EXPLAIN: dict[str, tuple[str, str]] = {
                 "The fax machine may be off or out of paper; try again later."),
     "NOT_SENT": ("The fax was not sent: it never reached the fax service.",
                  "Send your mail again later, or ask your administrator."),
+    "REFUSED": ("The fax service refused the job, so nothing was sent.",
+                "Fix what the reason names (for example an attachment's name or type, or "
+                "the number) and send your mail again; if it names nothing in your mail, "
+                "ask your administrator."),
     "UNKNOWN": ("No final report arrived from the fax service.",
                 "Ask your administrator whether the fax went out before sending it again."),
     "REM_DIS": ("The remote side disconnected during the transmission.",

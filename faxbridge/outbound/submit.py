@@ -35,6 +35,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("faxbridge.submit")
 
 
+def refusal(exc: Permanent) -> str:
+    """The report's and last_error's text for a refused job: Retarus' own `message`
+    when it gave one (sendJobRequest documents `{"code", "message"}` for 400/401)."""
+    code = f" (HTTP {exc.status})" if exc.status else ""
+    if exc.reason:
+        return f"The fax service refused the job{code}: {exc.reason}"
+    return f"The fax service refused the job{code} without giving a reason."
+
+
 class Submitter(Runner[Job]):
     """Up to fax.submit_concurrency submissions at once; a job is never in flight twice
     (and the store's claim is guarded anyway). The confirmation pass runs beside it
@@ -153,7 +162,9 @@ class Submitter(Runner[Job]):
                               next_attempt=now + delay)
             return
         except Permanent as exc:
-            await self.not_submitted(job, f"The fax service refused the job ({exc}).")
+            # Retrying cannot help (400, 404, 409): the sender must change something,
+            # so the report quotes Retarus' own reason and says "fix", not "later".
+            await self.not_submitted(job, refusal(exc), refused=True)
             return
         self.health.last_contact["retarus"] = time.time()
         await self.db.run(store.set_job_state, job_id, "submitted", event="submitted",
@@ -161,11 +172,15 @@ class Submitter(Runner[Job]):
                           retarus_job_id=retarus_id, datacenter=base)
         log.info("job=%s message_id=%s submitted as %s", job_id, job.message_id, retarus_id)
 
-    async def not_submitted(self, job: Job, error: str) -> None:
-        """Fail a job that never reached Retarus, with its "could not be sent" report."""
+    async def not_submitted(self, job: Job, error: str, *, refused: bool = False) -> None:
+        """Fail a job that never reached Retarus, with its "could not be sent" report:
+        REFUSED when Retarus turned it down for good (the sender must fix something),
+        NOT_SENT when it could not be handed over before its deadline (try later)."""
         recipients = await self.db.run(self.db.store.job_recipients, job.id)
+        status, reason = (("REFUSED", "refused by the fax service") if refused
+                          else ("NOT_SENT", "not submitted"))
         results = [{"idx": r.idx, "number": r.number, "display_name": r.display_name,
-                    "status": "NOT_SENT", "reason": "not submitted"} for r in recipients]
+                    "status": status, "reason": reason} for r in recipients]
         await self.finisher.finish(job, results=results, submitted=False, source="submit",
                                    error=error, expect=("submitting",))
 

@@ -15,7 +15,7 @@ import httpx
 
 from faxbridge.errors import NotFound, Permanent, Transient, Unconfirmed
 from faxbridge.retarus.body import Body
-from faxbridge.retarus.http import check, request, retry_after
+from faxbridge.retarus.http import check, error_message, request, retry_after
 from faxbridge.retarus.models import (
     DeletionList,
     DeletionReport,
@@ -91,8 +91,10 @@ class Fax4AClient:
                 # asked for by any URL decides when the job is tried again.
                 wait = max(filter(None, (retry_after(resp),
                                          getattr(last, "retry_after", None))), default=None)
-                last = Transient(f"send fax: {base} answered 503", status=503,
-                                 retry_after=wait)
+                reason = error_message(resp)
+                last = Transient(f"send fax: {base} answered 503"
+                                 + (f": {reason}" if reason else ""), status=503,
+                                 retry_after=wait, reason=reason)
                 continue
             check(resp, f"send fax via {base}")
             try:

@@ -11,7 +11,7 @@ import contextlib
 import time
 
 from starlette.applications import Starlette
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from faxbridge.simulator import control, fax4a, pull
@@ -81,7 +81,9 @@ class FaultLayer:
             raise ConnectionAbortedError("simulated drop")
         if fault.status:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
-            await Response(status_code=fault.status, headers=headers)(scope, receive, send)
+            resp = (Response(status_code=fault.status, headers=headers) if fault.body is None
+                    else JSONResponse(fault.body, status_code=fault.status, headers=headers))
+            await resp(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

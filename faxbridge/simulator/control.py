@@ -38,11 +38,18 @@ async def inbound(request: Request) -> Response:
         fax_id = str(body.get("id") or state.next_fax_id())
         docs = body.get("documents") or [{"data": None, "extension": "pdf"}]
         files = []
-        for n, d in enumerate(docs):
-            ext = d.get("extension", "pdf")
+        for d in docs:
+            ext = str(d.get("extension", "pdf")).lower()
             raw = base64.b64decode(d["data"]) if d.get("data") else tiny_pdf(
                 f"Simulated fax {fax_id}")
-            fname = f"{fax_id}.{ext}" if n == 0 else f"{fax_id}-{n}.{ext}"
+            # A file is GET /files/{id}.{extension}, named by the fax's id: so a fax
+            # has at most one document per extension (the same fax as PDF and TIFF).
+            # GUESS: the pages show one document per fax; a second one is only ever
+            # the same fax in another format here.
+            fname = f"{fax_id}.{ext}"
+            if any(f[0] == fname for f in files):
+                raise ValueError(f"two documents with extension {ext!r}: a received fax "
+                                 "has one document per format (<id>.<extension>)")
             files.append((fname, raw, CONTENT_TYPES.get(ext, "application/octet-stream")))
         meta = body.get("metadata")
         if meta is None:  # invented field names, see README "Simulator"
@@ -75,7 +82,8 @@ async def faults(request: Request) -> Response:
                   remaining=int(b.get("count", 1)), status=b.get("status"),
                   delay=float(b.get("delay", 0)), drop=bool(b.get("drop", False)),
                   retry_after=(str(b["retry_after"]) if b.get("retry_after") is not None
-                               else None))
+                               else None),
+                  body=b.get("body"))
         assert f.status or f.delay or f.drop, "give status, delay or drop"
     except (ValueError, TypeError, AssertionError) as exc:
         return JSONResponse({"error": f"bad fault: {exc}"}, status_code=400)

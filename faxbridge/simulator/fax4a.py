@@ -4,10 +4,12 @@ status push when a job completes. Behaviour from the Retarus pages sendJobReques
 getStatusReport, getAllStatusReports, bulkStatusReports, deleteOldestStatusReports
 and Status push, as summarised in docs/retarus-wire.md §1.3, §2 and §4.
 
+The send endpoint answers as sendJobRequest documents it: `200 {"jobId"}`, and
+`400` / `401` with a JSON `{"code", "message"}` body. The report endpoints answer
+errors with an empty body, as their pages document ("No Content").
 Where docs/retarus-wire.md marks a behaviour unknown the simulator picks one of the
-allowed answers: 201 on send (§2.1), empty error bodies (§2.7), PENDING from the
-owning data center and 404 from the others (§2.2), 404 for deleting an unknown
-report (§2.5).
+allowed answers: PENDING from the owning data center and 404 from the others (§2.2),
+404 for deleting an unknown report (§2.5).
 """
 
 from __future__ import annotations
@@ -34,16 +36,25 @@ log = logging.getLogger("faxbridge.simulator")
 PREFIX = "/fax4a/{dc}/rest/v1/{cust}"
 
 
-def guard(request: Request) -> tuple[str, Response | None]:
+def error(code: int, message: str) -> JSONResponse:
+    """sendJobRequest's documented error body: `{"code": <int>, "message": <string>}`."""
+    return JSONResponse({"code": code, "message": message}, status_code=code)
+
+
+def guard(request: Request, json_errors: bool = False) -> tuple[str, Response | None]:
     """The data center (or HA name) of the URL, and the refusal if the request has no
-    business there: 404 for an unknown host, 401 for wrong credentials or customer."""
+    business there: 404 for an unknown host, 401 for wrong credentials or customer.
+    The 401 carries sendJobRequest's JSON body on the send endpoint (`json_errors`)
+    and no body on the report endpoints, each as its page documents it."""
     state = sim_state(request)
     dc = request.path_params["dc"]
     if dc not in DATACENTERS and dc not in HA:
         return dc, Response(status_code=404)
     if not basic_ok(request.headers.get("authorization", ""), state.username, state.password) \
             or request.path_params["cust"] != state.customer_number:
-        return dc, Response(status_code=401)
+        # the example message of sendJobRequest's 401
+        return dc, error(401, "Authentication failed") if json_errors \
+            else Response(status_code=401)
     return dc, None
 
 
@@ -158,20 +169,19 @@ async def push(state: SimState, job: SimJob) -> None:
 
 
 async def send_fax(request: Request) -> Response:
-    dc, err = guard(request)
+    dc, err = guard(request, json_errors=True)
     if err:
         return err
     state = sim_state(request)
     try:
         body = json.loads(await request.body() or b"null")
-    except ValueError:
-        return Response(status_code=400)  # "unable to process JSON"
+    except ValueError as exc:
+        return error(400, f"unable to process JSON: {exc}")
     problems = validate_job(body)
     if problems:
         log.info("simulator rejects job: %s", "; ".join(problems))
-        # Documented as "No Content"; the problem list goes to a header for debugging.
-        return Response(status_code=400,
-                        headers={"X-Sim-Problems": "; ".join(problems)[:1000]})
+        # The wording of the message is ours (the page documents only its presence).
+        return error(400, "; ".join(problems)[:1000])
     target = state.pick_dc(dc) if dc in HA else dc
     now = time.time()
     job = SimJob(job_id=new_job_id(), dc=target, via=dc, body=body, received=now,
@@ -185,7 +195,7 @@ async def send_fax(request: Request) -> Response:
     task = asyncio.get_running_loop().create_task(push(state, job))
     tasks.add(task)
     task.add_done_callback(tasks.discard)
-    return JSONResponse({"jobId": job.job_id}, status_code=201)
+    return JSONResponse({"jobId": job.job_id})  # 200, sendJobRequest's documented answer
 
 
 async def get_report(request: Request) -> Response:

@@ -62,9 +62,12 @@ async def topic(request: Request) -> Response:
     base = str(request.base_url).rstrip("/") + BASE
     ids = ",".join(f.fax_id for f in batch)
     url = f"{base}/topics/{name}?"
-    meta = {"topic": name, "count": len(batch),
-            "next": url + urlencode({"fetch": fetch or 10, "ids": ids}),
+    # meta: the page documents only `next` and `exit` ("information about the request"
+    # is not itemised), so nothing else is put there.
+    meta = {"next": url + urlencode({"fetch": fetch or 10, "ids": ids}),
             "exit": url + urlencode({"fetch": 0, "ids": ids})}
+    # documents[].url ends in /files/<id>.<extension> (GET /files/{id}.{extension}):
+    # one document per format of the fax (see control.inbound).
     results = [{"id": f.fax_id, **f.metadata,
                 "documents": [{"url": f"{base}/files/{n}"} for n, _, _ in f.files]}
                for f in batch]

@@ -96,6 +96,7 @@ class Fault:
     delay: float
     drop: bool
     retry_after: str | None
+    body: Any = None  # JSON body of a status fault; None answers with an empty body
 
 
 class SimState:
