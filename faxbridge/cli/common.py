@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from faxbridge import config as config_mod
+from faxbridge.intake.clean import printable as _printable
 
 if TYPE_CHECKING:
     from faxbridge.store.protocol import Store
@@ -38,6 +39,12 @@ def open_store(args: argparse.Namespace) -> Store:
     if not db.exists():
         raise SystemExit(f"no store at {db} (has `faxbridge serve` run with this data dir?)")
     return open_db(db)
+
+
+def printable(value: object) -> str:
+    """Text from a mail or the store made safe for the terminal: no ESC sequence in a
+    subject, sender or file name can set colours, move the cursor or retitle it."""
+    return _printable(value)
 
 
 def print_json(obj: Any) -> None:

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from faxbridge import operations as ops
-from faxbridge.cli.common import load_config, open_store, print_json, ts, with_config
+from faxbridge.cli.common import load_config, open_store, print_json, printable, ts, with_config
 
 
 def cmd_inbox(args: argparse.Namespace) -> int:
@@ -20,22 +20,22 @@ def cmd_inbox(args: argparse.Namespace) -> int:
                                       Composer(cfg.mail.template_dir, cfg.smtp.hostname),
                                       args.id, to=args.to)
         except ops.NotFound as exc:
-            print(exc)
+            print(printable(exc))
             return 1
         except ComposeError as exc:
-            print(f"fax {args.id} not queued: {exc}", file=sys.stderr)
+            print(printable(f"fax {args.id} not queued: {exc}"), file=sys.stderr)
             return 1
-        print(f"fax {done['resent']} queued again for {', '.join(done['to'])} "
-              "(the running bridge sends it)")
+        print(printable(f"fax {done['resent']} queued again for {', '.join(done['to'])} "
+              "(the running bridge sends it)"))
         return 0
     faxes = ops.list_inbox(store, args.limit)
     if args.json:
         print_json(faxes)
         return 0
     for r in faxes:
-        print(f"{r['id']:<22} {ts(r['received'])}  {r['state']:<9} "
+        print(printable(f"{r['id']:<22} {ts(r['received'])}  {r['state']:<9} "
               f"{'acked' if r['acked'] else 'unacked':<7} {r['delivered_to'] or '-'}"
-              + (f"  ({r['last_error']})" if r["last_error"] else ""))
+              + (f"  ({r['last_error']})" if r["last_error"] else "")))
     return 0
 
 

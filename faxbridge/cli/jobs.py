@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from faxbridge import operations as ops
-from faxbridge.cli.common import open_store, print_json, ts, with_config
+from faxbridge.cli.common import open_store, print_json, printable, ts, with_config
 
 if TYPE_CHECKING:
     from faxbridge.store.protocol import Store
@@ -20,22 +20,24 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return _show(store, args)
     if args.action == "release":
         outcome = ops.release_job(store, args.id, by="admin (CLI)", force=args.force)
-        print(outcome.message)
+        print(printable(outcome.message))
         return 0 if outcome.ok else 1
     jobs = ops.list_jobs(store, state=args.state, sender=args.sender, limit=args.limit)
     if args.json:
         print_json(jobs)
         return 0
     for r in jobs:
-        print(f"{r['id']}  {ts(r['created'])}  {r['state']:<10} {r['sender']:<28} "
-              f"{(r['subject'] or '')[:40]}")
+        # a held job says why: that is what the admin has to act on
+        why = f"  [{r['last_error']}]" if r["state"] == "held" and r["last_error"] else ""
+        print(printable(f"{r['id']}  {ts(r['created'])}  {r['state']:<10} {r['sender']:<28} "
+                        f"{(r['subject'] or '')[:40]}{why}"))
     return 0
 
 
 def _show(store: Store, args: argparse.Namespace) -> int:
     job = ops.show_job(store, args.id)
     if job is None:
-        print(f"no job {args.id}")
+        print(printable(f"no job {args.id}"))
         return 1
     if args.raw:  # the mail exactly as it was received, for debugging routing
         sys.stdout.buffer.write(ops.job_message(store, args.id) or b"")
@@ -44,20 +46,20 @@ def _show(store: Store, args: argparse.Namespace) -> int:
     if args.json:
         print_json(job)
         return 0
-    print(f"job {job['id']}  state {job['state']}  retarus {job['retarus_job_id'] or '-'}")
-    print(f"  from {job['sender']}  subject {job['subject']!r}  rule {job['rule']}")
+    print(printable(f"job {job['id']}  state {job['state']}  retarus {job['retarus_job_id'] or '-'}"))
+    print(printable(f"  from {job['sender']}  subject {job['subject']!r}  rule {job['rule']}"))
     for r in job["recipients"]:
-        print(f"  to {r['number']} ({r['display_name'] or '-'}): {r['status'] or '-'} "
-              f"{r['reason'] or ''}")
+        print(printable(f"  to {r['number']} ({r['display_name'] or '-'}): {r['status'] or '-'} "
+              f"{r['reason'] or ''}"))
     for d in job["documents"]:
-        print(f"  document {d['name']} {d['type']} {d['size']}B")
+        print(printable(f"  document {d['name']} {d['type']} {d['size']}B"))
     if job["last_error"]:
-        print(f"  last error: {job['last_error']}")
+        print(printable(f"  last error: {job['last_error']}"))
     if job["confirmation"]:
-        print(f"  at Retarus: {job['confirmation']['note']}")
+        print(printable(f"  at Retarus: {job['confirmation']['note']}"))
     print("  timeline:")
     for e in job["events"]:
-        print(f"    {ts(e['ts'])} {e['kind']:<11} {e['detail'] or ''}")
+        print(printable(f"    {ts(e['ts'])} {e['kind']:<11} {e['detail'] or ''}"))
     return 0
 
 

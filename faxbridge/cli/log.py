@@ -7,7 +7,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from faxbridge import operations as ops
-from faxbridge.cli.common import open_store, print_json, ts, with_config
+from faxbridge.cli.common import open_store, print_json, printable, ts, with_config
 
 if TYPE_CHECKING:
     from faxbridge.store.protocol import Store
@@ -28,33 +28,33 @@ def cmd_log(args: argparse.Namespace) -> int:
         return 0
     for r in records:
         rcpts = ",".join(x.get("number") or x.get("address", "") for x in r["recipients"])
-        print(f"#{r['id']:<5} {ts(r['ts'])} {r['peer'] or '-':<15} {r['mail_from'] or '-':<28}"
-              f" {rcpts:<20} {r['reply']}")
+        print(printable(f"#{r['id']:<5} {ts(r['ts'])} {r['peer'] or '-':<15} {r['mail_from'] or '-':<28}"
+              f" {rcpts:<20} {r['reply']}"))
     return 0
 
 
 def _show(store: Store, args: argparse.Namespace) -> int:
     rec = ops.log_record(store, int(args.id)) if args.id.isdigit() else None
     if rec is None:
-        print(f"no SMTP log record {args.id}")
+        print(printable(f"no SMTP log record {args.id}"))
         return 1
     if args.json:
         print_json(rec)
         return 0
-    print(f"#{rec['id']} {ts(rec['ts'])} peer {rec['peer']} helo {rec['helo']} "
-          f"tls {'yes' if rec['tls'] else 'no'} auth {rec['auth_user'] or '-'}")
-    print(f"  from {rec['mail_from']}  message-id {rec['message_id'] or '-'}  "
-          f"size {rec['size'] or '-'}")
-    print(f"  subject {rec['subject'] or '-'}")
+    print(printable(f"#{rec['id']} {ts(rec['ts'])} peer {rec['peer']} helo {rec['helo']} "
+          f"tls {'yes' if rec['tls'] else 'no'} auth {rec['auth_user'] or '-'}"))
+    print(printable(f"  from {rec['mail_from']}  message-id {rec['message_id'] or '-'}  "
+          f"size {rec['size'] or '-'}"))
+    print(printable(f"  subject {rec['subject'] or '-'}"))
     for r in rec["recipients"]:
-        print(f"  rcpt {r.get('address')} number {r.get('number', '-')} rule "
-              f"{r.get('rule', '-')}: {r.get('reply')}")
+        print(printable(f"  rcpt {r.get('address')} number {r.get('number', '-')} rule "
+              f"{r.get('rule', '-')}: {r.get('reply')}"))
     for p in rec["parts"]:
         mark = "USED" if p["used"] else "skip"
-        print(f"  part {p['path']} {p['type']} {p.get('name') or ''} {p['size']}B "
-              f"[{mark}] {p['why']}" + (f" → {p['document']}" if p.get("document") else ""))
-    print(f"  reply {rec['reply']}")
-    print(f"  job {rec['job_id'] or '-'}  timings {rec['timings']}")
+        print(printable(f"  part {p['path']} {p['type']} {p.get('name') or ''} {p['size']}B "
+              f"[{mark}] {p['why']}" + (f" → {p['document']}" if p.get("document") else "")))
+    print(printable(f"  reply {rec['reply']}"))
+    print(printable(f"  job {rec['job_id'] or '-'}  timings {rec['timings']}"))
     return 0
 
 

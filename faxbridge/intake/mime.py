@@ -26,6 +26,7 @@ from html.parser import HTMLParser
 
 import filetype
 
+from faxbridge.intake.clean import clean_message_id, clean_text
 from faxbridge.intake.slim import slim
 
 MAX_PARTS = 500
@@ -257,6 +258,8 @@ class _Walker:
             # Outlook and others put RFC 2047 words in filename= (not RFC 2231).
             from faxbridge.intake.subject import decode_subject
             filename = decode_subject(filename)
+        # shown in the SMTP log and the report: no control characters, one line
+        filename = (clean_text(filename, 255) or None) if filename else None
         try:
             payload = self.payload(part)
         except _NotCut:
@@ -334,6 +337,7 @@ class _Walker:
             name = att.long_filename() or att.name
             if isinstance(name, bytes):
                 name = name.decode("latin-1", "replace")
+            name = (clean_text(name, 255) or None) if name else None
             data = att.data if isinstance(att.data, bytes) else bytes(att.data or b"")
             guessed = mimetypes.guess_type(name or "", strict=False)[0] or \
                 "application/octet-stream"
@@ -411,5 +415,7 @@ def _extract(data: bytes | bytearray, allowed_types: tuple[str, ...], body_mode:
         raise _NotCut(", ".join(sorted(set(cuts) - walker.used)))
     res = walker.finish()
     res.subject = msg.get("Subject")
-    res.message_id = (msg.get("Message-ID") or "").strip() or None
+    # only the <left@right> token: a folded header's continuation lines never reach
+    # the report's In-Reply-To, a log or a terminal
+    res.message_id = clean_message_id(msg.get("Message-ID"))
     return res

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from email.header import decode_header, make_header
 
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+from faxbridge.intake.clean import CONTROL, clean_text
 
 
 def decode_subject(raw: str | None) -> str:
-    """RFC 2047 decode, tolerant of broken encoded-words."""
+    """RFC 2047 decode, tolerant of broken encoded-words; one clean line (an
+    encoded-word may carry CR/LF or ESC, raw 8-bit bytes may not decode)."""
     if not raw:
         return ""
     try:
         text = str(make_header(decode_header(raw)))
-    except (UnicodeDecodeError, LookupError, ValueError):
-        text = raw
-    return " ".join(text.split())
+    except Exception:  # noqa: BLE001 - any broken encoded-word: keep the raw text
+        text = str(raw)
+    return clean_text(text)
 
 
 def header_line(subject: str, template: str, max_len: int, **fields: str) -> str:

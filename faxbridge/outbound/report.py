@@ -12,6 +12,11 @@ if TYPE_CHECKING:
     from faxbridge.store.rows import Job
 
 
+# The held job's reason when its outcome is recorded but its report cannot be made
+# from its own data: the fax went out, so releasing it would send it again.
+REPORT_HELD = "outcome recorded, report mail could not be composed"
+
+
 def event_for(results: list[dict[str, Any]], submitted: bool) -> str:
     if not submitted:
         return "notsubmitted"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from faxbridge.errors import AuthError, FaxbridgeError, Permanent, Transient, Unconfirmed
+from faxbridge.outbound.report import REPORT_HELD
 from faxbridge.outbound.request import job_request, submission_body
 from faxbridge.outbound.track import Finisher
 from faxbridge.retarus.clients import RetarusClients
@@ -287,6 +288,9 @@ def release_job(store: Store, job_id: str, *, by: str, force: bool = False) -> t
     job = store.job(job_id)
     if job is None or job.state != "held":
         return False, f"job {job_id} is not held"
+    if (job.last_error or "").startswith(REPORT_HELD):
+        return False, (f"job {job_id} was sent and its outcome is recorded; only its report "
+                       "mail could not be composed. Releasing it would send the fax again")
     looking = job.last_error == UNCONFIRMED
     if looking and not force:
         return False, (f"job {job_id} is an unconfirmed submission that may be at Retarus "

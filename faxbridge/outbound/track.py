@@ -4,6 +4,7 @@ the status push. Both paths end in apply_report(), which is idempotent."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Hashable
@@ -13,7 +14,7 @@ from faxbridge.errors import AuthError, NotFound, Transient
 from faxbridge.intake.numbers import same_number
 from faxbridge.mail.compose import ComposeError
 from faxbridge.mail.service import MailService
-from faxbridge.outbound.report import build_report, event_for, wanted
+from faxbridge.outbound.report import REPORT_HELD, build_report, event_for, wanted
 from faxbridge.retarus.clients import RetarusClients
 from faxbridge.retarus.models import FaxReport
 from faxbridge.runner import Runner
@@ -70,12 +71,18 @@ class Finisher:
                 docs = [(d.name, d.content_type, d.data)
                         for d in await self.db.run(store.job_documents, job.id)]
             try:
-                raw = build_report(self.mail.composer, job, results, event,
-                                   mail_from=cfg.mail.from_address, pages=pages,
-                                   error=error, documents=docs)
+                raw = self._report(job, results, event, pages=pages, error=error,
+                                   documents=docs)
             except ComposeError as exc:
                 metrics.compose_failed("report", str(exc))
-                raise
+                if not self._only_this_job(job, results, event, pages, error):
+                    raise  # no report can be composed: retried, /readyz says why
+                # This job's own data breaks its report (a poison item): the outcome
+                # is recorded and the job held with the reason, its final disposition.
+                # Retrying would fail the same way on every poll and push, forever.
+                metrics.mail_ok("compose", "report")
+                return await self._hold(job, results, event, source, exc,
+                                        error=error, datacenter=datacenter, expect=expect)
             metrics.mail_ok("compose", "report")
             mail = (cfg.mail.from_address, [job.sender], raw)
         state = "done" if event in ("delivered", "partial") else "failed"
@@ -91,6 +98,50 @@ class Finisher:
             log.info("job=%s message_id=%s %s via %s", job.id, job.message_id, event,
                      source)
             self.wakeups.mail.set()
+        return changed
+
+    def _report(self, job: Job, results: list[dict[str, Any]], event: str, *,
+                pages: int | None, error: str | None,
+                documents: list[tuple[str, str, bytes]]) -> bytes:
+        """The report mail; any failure to make it (the template, the context, writing
+        its headers) as one ComposeError."""
+        try:
+            return build_report(self.mail.composer, job, results, event,
+                                mail_from=self.config.current.mail.from_address,
+                                pages=pages, error=error, documents=documents)
+        except ComposeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the caller holds the job or retries
+            raise ComposeError(f"report mail: {type(exc).__name__}: {exc}") from exc
+
+    def _only_this_job(self, job: Job, results: list[dict[str, Any]], event: str,
+                       pages: int | None, error: str | None) -> bool:
+        """Whether the same report composes for a stand-in of this job with nothing
+        taken from its mail (no Message-ID, subject, display names, documents): then
+        the failure is this job's own, and holding it loses nothing the next poll
+        could win. If the stand-in fails too, the templates are broken for every job,
+        and jobs are retried until an admin fixes them."""
+        plain = dataclasses.replace(job, message_id=None, subject="")
+        plain_results = [{**r, "display_name": None} for r in results]
+        try:
+            self._report(plain, plain_results, event, pages=pages, error=error,
+                         documents=[])
+        except ComposeError:
+            return False
+        return True
+
+    async def _hold(self, job: Job, results: list[dict[str, Any]], event: str, source: str,
+                    exc: ComposeError, *, error: str | None, datacenter: str | None,
+                    expect: tuple[str, ...]) -> bool:
+        reason = f"{REPORT_HELD}: {exc}"[:500]
+        summary = ", ".join(f"{r['number']} {r['status'] or '-'}" for r in results)
+        changed = await self.db.run(
+            self.db.store.finish_job, job.id, "held", event="held",
+            detail=f"{event} ({source}): {summary}" + (f"; {error}" if error else "")
+            + f"; {reason}", recipients=results, error=reason, datacenter=datacenter,
+            mail=None, expect=expect)
+        if changed:
+            log.warning("job=%s %s via %s; held: %s", job.id, event, source, reason)
         return changed
 
     async def apply_report(self, job: Job, report: FaxReport, source: str,

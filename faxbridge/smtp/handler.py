@@ -19,6 +19,7 @@ from aiosmtpd.smtp import Envelope, Session
 from faxbridge import replies
 from faxbridge.errors import StoreError
 from faxbridge.intake import accept
+from faxbridge.intake.clean import clean_text
 from faxbridge.intake.mime import extract
 from faxbridge.intake.numbers import parse_number, split_address
 from faxbridge.intake.slim import header_block
@@ -231,5 +232,5 @@ def _display_names(raw: bytes | bytearray, country: str) -> dict[str, str]:
                 name = str(make_header(decode_header(name)))
             parsed = parse_number(split_address(addr)[0], country)
             if parsed.ok:
-                out[parsed.number] = name.strip()
+                out[parsed.number] = clean_text(name, 200)
     return out

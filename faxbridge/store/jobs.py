@@ -114,7 +114,8 @@ class SqliteJobs:
         """Record a job's final outcome, its per-recipient results and its report mail
         in one transaction. Applies only from an `expect`ed state, so a second report
         (poll after push, duplicate push) changes nothing and mails nothing."""
-        assert state in OUT_FINAL, state
+        # held: the outcome is recorded but the report mail cannot be made (a poison mail)
+        assert state in OUT_FINAL or state == "held", state
         now = time.time()
         with self.db.tx() as c:
             cur = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()

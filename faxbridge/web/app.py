@@ -121,11 +121,19 @@ def build_web_app(db: Db, config: ConfigProvider, health: Health, retarus: Retar
         try:
             changed = await finisher.apply_report(job, report, "push")
         except ComposeError as exc:
-            # Nothing was committed; Retarus pushes again, the report poll retries too.
+            # No report can be composed for any job (a job whose own mail breaks its
+            # report is held by apply_report, its outcome committed, and answered 200
+            # below). Nothing was committed: 503, Retarus pushes again, the poll retries.
             log.error("job=%s status push not recorded: %s", job.id, exc)
             return JSONResponse({"error": f"report mail could not be composed: {exc}"},
                                 status_code=503)
-        return JSONResponse({"status": "recorded" if changed else "already final"})
+        if not changed:
+            return JSONResponse({"status": "already final"})
+        # the outcome is committed either way; a held job says why it has no report
+        after = await db.run(store.job, job.id)
+        if after is not None and after.state == "held":
+            return JSONResponse({"status": "recorded, job held", "reason": after.last_error})
+        return JSONResponse({"status": "recorded"})
 
     async def metrics(request: Request) -> Response:
         body = await db.run(health.metrics.render, db.store, health.topic_states)
