@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
-from email.header import decode_header, make_header
+from email.header import decode_header
 
 from faxbridge.intake.clean import CONTROL, clean_text
 
@@ -14,10 +14,21 @@ def decode_subject(raw: str | None) -> str:
     if not raw:
         return ""
     try:
-        text = str(make_header(decode_header(raw)))
+        text = "".join(_decoded(part, charset) for part, charset in decode_header(raw))
     except Exception:  # noqa: BLE001 - any broken encoded-word: keep the raw text
         text = str(raw)
     return clean_text(text)
+
+
+def _decoded(part: bytes | str, charset: str | None) -> str:
+    """One piece of decode_header()'s result; bytes invalid in their charset become
+    U+FFFD rather than losing the whole subject to the raw encoded-words."""
+    if isinstance(part, str):
+        return part
+    try:
+        return part.decode(charset or "ascii", "replace")
+    except LookupError:  # an unknown charset name
+        return part.decode("latin-1")
 
 
 def header_line(subject: str, template: str, max_len: int, **fields: str) -> str:

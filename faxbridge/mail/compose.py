@@ -10,6 +10,7 @@ a missing or broken one before the bridge starts, not at the first report.
 from __future__ import annotations
 
 import logging
+from email.header import Header
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -148,7 +149,11 @@ class Composer:
         msg = EmailMessage()
         msg["From"] = mail_from
         msg["To"] = ", ".join(to)
-        msg["Subject"] = " ".join(self.render(f"{base}.subject.j2", ctx).split())
+        subject = " ".join(self.render(f"{base}.subject.j2", ctx).split())
+        # A sender's subject may hold a literal "=?utf-8?b?...?=": set as it is, the
+        # header parser would decode it (possibly into control characters). Encoded
+        # by us, it is decoded back to exactly this text.
+        msg["Subject"] = Header(subject, "utf-8").encode() if "=?" in subject else subject
         msg["Date"] = formatdate(localtime=True)
         msg["Message-ID"] = make_msgid(domain=self.domain)
         # RFC 3834: machine-generated; autoresponders must not answer (no mail loops).

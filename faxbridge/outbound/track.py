@@ -11,6 +11,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from faxbridge.errors import AuthError, NotFound, Transient
+from faxbridge.intake.clean import clean_text
 from faxbridge.intake.numbers import same_number
 from faxbridge.mail.compose import ComposeError
 from faxbridge.mail.service import MailService
@@ -133,7 +134,8 @@ class Finisher:
     async def _hold(self, job: Job, results: list[dict[str, Any]], event: str, source: str,
                     exc: ComposeError, *, error: str | None, datacenter: str | None,
                     expect: tuple[str, ...]) -> bool:
-        reason = f"{REPORT_HELD}: {exc}"[:500]
+        # the exception's text may quote the mail's data: one clean line
+        reason = clean_text(f"{REPORT_HELD}: {exc}", 500)
         summary = ", ".join(f"{r['number']} {r['status'] or '-'}" for r in results)
         changed = await self.db.run(
             self.db.store.finish_job, job.id, "held", event="held",

@@ -8,7 +8,6 @@ decision taken, so an admin can answer "why didn't my fax go out?".
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -215,7 +214,6 @@ def _log_failure(fut: asyncio.Future[Any]) -> None:
 def _display_names(raw: bytes | bytearray, country: str) -> dict[str, str]:
     """E.164 number → display name, from the To/Cc headers (keyed by number: the
     header may spell the address differently from the envelope)."""
-    from email.header import decode_header, make_header
     from email.parser import BytesHeaderParser
     from email.utils import getaddresses
     try:
@@ -228,9 +226,8 @@ def _display_names(raw: bytes | bytearray, country: str) -> dict[str, str]:
     out = {}
     for name, addr in pairs:
         if name and addr:
-            with contextlib.suppress(Exception):
-                name = str(make_header(decode_header(name)))
             parsed = parse_number(split_address(addr)[0], country)
             if parsed.ok:
-                out[parsed.number] = clean_text(name, 200)
+                # RFC 2047 decoded and made one clean line, like the subject
+                out[parsed.number] = clean_text(decode_subject(name), 200)
     return out

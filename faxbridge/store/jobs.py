@@ -171,9 +171,12 @@ class SqliteJobs:
         """Next report poll; `error` (a poll that failed) is shown as the job's last
         error until a poll gets through again."""
         with self.db.tx() as c:
-            c.execute("UPDATE jobs SET next_attempt=?, updated=?, last_error=? WHERE id=?",
-                      (next_attempt, time.time(), error, job_id))
-            if detail:
+            # only while submitted: a poll that raced a push which ended (or held) the
+            # job meanwhile must not wipe the reason it was held with
+            cur = c.execute("UPDATE jobs SET next_attempt=?, updated=?, last_error=? "
+                            "WHERE id=? AND state='submitted'",
+                            (next_attempt, time.time(), error, job_id))
+            if detail and cur.rowcount:
                 insert_event(c, job_id, "poll", detail)
 
     def jobs_in(self, states: tuple[str, ...], limit: int = 1000) -> list[Job]:
