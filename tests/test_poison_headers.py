@@ -272,3 +272,27 @@ async def test_a_report_that_cannot_be_composed_holds_the_job_with_its_reason(ma
     assert len([e for e in bridge.store.job_events(t.job_id) if e.kind == "poll"]) == polls
     assert not [r for r in caplog.records if r.exc_info], [
         r.getMessage() for r in caplog.records if r.exc_info]
+
+
+async def test_a_status_push_for_a_poison_job_holds_it_and_answers_2xx(make_bridge):
+    """The push path: the outcome is committed (the job held with its results), so the
+    push is answered 200; Retarus has nothing to send again."""
+    # polls far apart: the simulator's status push is what ends the job
+    bridge = await make_bridge(fax={"report_poll_min_seconds": 600,
+                                    "report_poll_max_seconds": 600},
+                               simulator={"complete_after": 3})
+    raw = raw_mail(b"Invoice", b"<ok@host>", b"A", b"B", b"a.txt")
+    t = await send(bridge.smtp_address, raw, mail_from=SENDER,
+                   rcpts=["+4989123456@fax.local"])
+    await wait_for(lambda: bridge.store.job(t.job_id).state == "submitted")
+    with sqlite3.connect(bridge.cfg.storage.data_dir / "faxbridge.sqlite3") as c:
+        c.execute("UPDATE jobs SET message_id=? WHERE id=?",
+                  ("<id@host>\r\n Bcc: eve@example.com", t.job_id))
+    c.close()
+    sim_job = bridge.sim_state.jobs[0]
+    await wait_for(lambda: sim_job.pushes)
+    assert [p.get("status") for p in sim_job.pushes] == [200], sim_job.pushes
+    job = bridge.store.job(t.job_id)
+    assert job.state == "held" and job.last_error.startswith(REPORT_HELD), job
+    held = [e.detail for e in bridge.store.job_events(t.job_id) if e.kind == "held"]
+    assert len(held) == 1 and "(push)" in held[0], held
