@@ -249,6 +249,11 @@ async def test_a_report_that_cannot_be_composed_holds_the_job_with_its_reason(ma
         c.execute("UPDATE jobs SET message_id=? WHERE id=?",
                   ("<id@host>\r\n Bcc: eve@example.com", t.job_id))
     c.close()
+    # a poll claimed before the update holds the old row: wait for two polls after it
+    # (the tracker polls one job at a time, so the second one read the new row)
+    changed = time.time()
+    await wait_for(lambda: len([e for e in bridge.store.job_events(t.job_id)
+                                if e.kind == "poll" and e.ts > changed]) >= 2)
     for j in bridge.sim_state.jobs:  # the fax completes now; the next poll finds it
         j.completes_at = time.time()
     job = await wait_for(lambda: (j := bridge.store.job(t.job_id)) and j.state != "submitted"
