@@ -124,6 +124,14 @@ class SmtpConfig(Model):
     # RFC 4954 §4: PLAIN/LOGIN send the password in clear; only allow it in clear on request.
     auth_require_tls: bool = True
     users: tuple[SmtpUser, ...] = ()
+    # Failed AUTH: the session is closed with 421 after this many failures, and
+    # each further attempt from the same client address or for the same user
+    # waits first (auth_failure_delay, doubling per failure, at most
+    # auth_failure_delay_max) until auth_failure_window seconds pass without one.
+    auth_max_failures: int = Field(default=3, ge=1, le=100)
+    auth_failure_delay: float = Field(default=0.5, ge=0, le=60)
+    auth_failure_delay_max: float = Field(default=8.0, ge=0, le=600)
+    auth_failure_window: float = Field(default=900.0, gt=0)
     trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
     @field_validator("trusted_networks")
@@ -140,6 +148,9 @@ class SmtpConfig(Model):
     def _tls_pair(self) -> SmtpConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
+        if self.auth_failure_delay_max < self.auth_failure_delay:
+            raise ValueError(f"auth_failure_delay_max ({self.auth_failure_delay_max}) must be "
+                             f"at least auth_failure_delay ({self.auth_failure_delay})")
         return self
 
 

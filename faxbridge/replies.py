@@ -15,6 +15,9 @@ S501_DATA_ARG = "501 5.5.4 Syntax: DATA takes no argument"
 S552_TOO_BIG = "552 5.3.4 Message too big: this server takes at most {limit} bytes"
 S500_LINE_TOO_LONG = ("500 5.5.2 Line too long: lines may have at most 1000 characters "
                       "(RFC 5321 section 4.5.3.1.6)")
+S421_AUTH_FAILURES = "421 4.7.0 Too many failed authentication attempts"
+S554_BARE_NEWLINE = ("554 5.5.2 Bare <LF> or <CR> received; lines must end with CRLF "
+                     "(RFC 5321 section 2.3.8)")
 S530_AUTH = ("530 5.7.0 Authentication required: your network ({peer}) may only send faxes "
              "after SMTP AUTH")
 S550_RELAY = ("550 5.7.1 Relaying denied: {domain} is not a fax domain of this server "

@@ -4,6 +4,7 @@ STARTTLS, AUTH, SIZE and timeouts from the config."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -14,8 +15,20 @@ from faxbridge import replies
 from faxbridge.listen import address, bind
 from faxbridge.runtime.config import ConfigProvider
 from faxbridge.runtime.health import Health
-from faxbridge.smtp.auth import verify_password
+from faxbridge.smtp.auth import (
+    FailureLog,
+    dummy_hash,
+    failure_delay,
+    printable,
+    verify_off_loop,
+)
 from faxbridge.smtp.handler import FaxHandler
+
+log = logging.getLogger("faxbridge.smtp")
+
+# aiosmtpd checks credentials in a synchronous callback (_authenticate); ours must
+# await a thread, so that callback only hands the credentials back, marked with this.
+_PENDING = "(credentials to check)"
 
 
 class FaxSMTP(SMTP):
@@ -24,7 +37,10 @@ class FaxSMTP(SMTP):
     the log record of a transaction whose client disconnects without QUIT."""
 
     health: Health
+    fb_config: ConfigProvider
+    auth_failures: FailureLog  # shared by all sessions of the listener
     _refused = False
+    _auth_failed = 0  # failed AUTH attempts in this session
 
     def connection_made(self, transport: Any) -> None:
         if not self.health.accepting:
@@ -35,6 +51,63 @@ class FaxSMTP(SMTP):
         self.health.metrics.sessions.inc()
         super().connection_made(transport)
 
+    # ------------------------------------------------------------------ AUTH
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        return AuthResult(success=False, handled=False, auth_data=auth_data, message=_PENDING)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._check_credentials("PLAIN", await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._check_credentials("LOGIN", await super().auth_LOGIN(_, args))
+
+    async def _check_credentials(self, mechanism: str, pending: AuthResult) -> AuthResult:
+        """The password check of AUTH PLAIN/LOGIN, hardened against guessing: the
+        hash runs in a thread (the loop serves every other session meanwhile), an
+        unknown user costs one hash like a known one, each attempt after recent
+        failures from this address or for this user waits first (asyncio.sleep:
+        only this session waits), and too many failures end the session."""
+        if pending.message is not _PENDING or not isinstance(pending.auth_data,
+                                                             LoginPassword):
+            return pending  # aiosmtpd already answered (bad base64, '*' abort …)
+        assert self.session is not None
+        creds: LoginPassword = pending.auth_data
+        cfg = self.fb_config.current.smtp
+        name = creds.login.decode("utf-8", "replace")
+        peer = str(self.session.peer[0]) if self.session.peer else "?"
+        keys = (f"addr:{peer}", f"user:{name}")
+        window = cfg.auth_failure_window
+        recent = max(self.auth_failures.count(k, window) for k in keys)
+        delay = failure_delay(recent, cfg.auth_failure_delay, cfg.auth_failure_delay_max)
+        if delay:
+            await asyncio.sleep(delay)
+            if self.transport is None:  # the client gave up meanwhile
+                return AuthResult(success=False, handled=True)
+        users = {u.name: u.password_hash for u in cfg.users}
+        iterations = max((int(h.split("$")[1]) for h in users.values()), default=None)
+        encoded = users.get(name) or (dummy_hash(iterations) if iterations else dummy_hash())
+        ok = await verify_off_loop(creds.password.decode("utf-8", "replace"), encoded)
+        if ok and name in users:
+            for k in keys:
+                self.auth_failures.succeeded(k)
+            self.session.fb_user = name  # type: ignore[attr-defined]
+            return AuthResult(success=True, auth_data=creds)
+        for k in keys:
+            self.auth_failures.failed(k, window)
+        self._auth_failed += 1
+        log.warning("AUTH %s failed: peer=%s user=%s (%d of %d in this session; "
+                    "next attempt from this address waits %.1f s)", mechanism, peer,
+                    printable(name), self._auth_failed, cfg.auth_max_failures,
+                    failure_delay(recent + 1, cfg.auth_failure_delay,
+                                  cfg.auth_failure_delay_max))
+        if self._auth_failed >= cfg.auth_max_failures:
+            await self.push(replies.S421_AUTH_FAILURES)
+            if self.transport is not None:
+                self.transport.close()
+            return AuthResult(success=False, handled=True)
+        return AuthResult(success=False, handled=False)
+
+    # ------------------------------------------------------------------ DATA
     async def smtp_DATA(self, arg: str) -> None:
         self.health.sessions_in_data += 1
         try:
@@ -49,7 +122,15 @@ class FaxSMTP(SMTP):
         1.75 × the message in object overhead, then the joined copy on top): with
         ten 10 MB mails arriving at once that alone was 240 MB. Same replies and
         limits; RFC 5321 §4.5.2 dot-unstuffing, §4.5.3.1.6 line length, SIZE
-        (RFC 1870) checked as the data arrives and answered after the final dot."""
+        (RFC 1870) checked as the data arrives and answered after the final dot.
+
+        Bare <LF> or <CR> (not part of CRLF) anywhere in the data refuses the mail
+        with a reply naming that, whatever the mail's size. Refusing rather than
+        normalising, as Postfix's smtpd_forbid_bare_newline does: a sender that
+        ends lines with bare LF cannot be told apart from one smuggling a second
+        message through a different idea of where a line (or the data: "\n.\n")
+        ends, and RFC 5321 section 2.3.8 forbids it. Only CRLF "." CRLF ends the
+        data."""
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
         assert self.envelope is not None
@@ -75,10 +156,14 @@ class FaxSMTP(SMTP):
                 # a line beyond the reader's buffer limit: keep reading, refuse at the end
                 chunk = await self._reader.read(exc.consumed)
                 received += len(chunk)
+                if b"\n" in chunk or b"\r" in chunk:  # (a CR ending the chunk is
+                    error = _bare(error)              # left unread by readuntil)
                 error = error or replies.S500_LINE_TOO_LONG
                 in_long_line = True
                 buf.clear()
                 continue
+            if _has_bare(line):
+                error = _bare(error)
             if in_long_line:  # the tail of an over-long line (it is not the final dot)
                 in_long_line = False
                 received += len(line)
@@ -122,6 +207,21 @@ class FaxSMTP(SMTP):
         super().connection_lost(exc)
 
 
+def _has_bare(line: bytes) -> bool:
+    """A CR or LF before the line's closing CRLF."""
+    end = len(line) - 2
+    return line.find(b"\n", 0, end) >= 0 or line.find(b"\r", 0, end) >= 0
+
+
+def _bare(error: str | None) -> str:
+    # Bare newlines are what is wrong with the mail, and they make every such
+    # mail one long "line": their reply takes the place of "line too long" (the
+    # size limit, a different problem, keeps its 552).
+    if error is None or error == replies.S500_LINE_TOO_LONG:
+        return replies.S554_BARE_NEWLINE
+    return error
+
+
 async def start_smtp(handler: FaxHandler, config: ConfigProvider, health: Health,
                      tls: Callable[[], ssl.SSLContext | None],
                      listen: str | None = None) -> tuple[asyncio.base_events.Server, str]:
@@ -132,16 +232,12 @@ async def start_smtp(handler: FaxHandler, config: ConfigProvider, health: Health
     its preflight, so a reload can switch certificates without closing the port,
     and a certificate that does not load never replaces the one in use."""
 
+    failures = FailureLog()
+
     def authenticator(server: Any, session: Any, envelope: Any, mechanism: str,
                       auth_data: Any) -> AuthResult:
-        users = {u.name: u.password_hash for u in config.current.smtp.users}
-        if not isinstance(auth_data, LoginPassword):
-            return AuthResult(success=False, handled=False)
-        name = auth_data.login.decode("utf-8", "replace")
-        encoded = users.get(name)
-        if encoded and verify_password(auth_data.password.decode("utf-8", "replace"), encoded):
-            session.fb_user = name
-            return AuthResult(success=True)
+        # never called: FaxSMTP checks credentials itself (asynchronously); passing
+        # it tells aiosmtpd that AUTH is in use
         return AuthResult(success=False, handled=False)
 
     def factory() -> FaxSMTP:
@@ -162,6 +258,8 @@ async def start_smtp(handler: FaxHandler, config: ConfigProvider, health: Health
             loop=asyncio.get_running_loop(),
         )
         smtp.health = health
+        smtp.fb_config = config
+        smtp.auth_failures = failures
         return smtp
 
     sock = bind(listen or config.current.smtp.listen, "smtp.listen")
