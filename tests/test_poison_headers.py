@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from faxbridge.intake.clean import clean_message_id, clean_text, printable
 from faxbridge.mail.transport import maildir_path
 from faxbridge.outbound.report import REPORT_HELD
-from tests.conftest import arun_faxbridge, wait_for
+from tests.conftest import arun_faxbridge, wait_for, wait_until
 from tests.smtp_client import send
 
 FAST = {"report_poll_min_seconds": 0.1, "report_poll_max_seconds": 0.3}
@@ -144,15 +144,6 @@ async def test_hostile_headers_end_in_a_final_state_with_a_clean_report(make_bri
     def on_loop(coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, loop).result(60)
 
-    def wait(pred: Any, what: str, timeout: float = 60.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = pred()
-            if value:
-                return value
-            time.sleep(0.05)  # in the hypothesis thread, not on the event loop
-        raise AssertionError(f"{what}: not within {timeout} s")
-
     accepted: list[str] = []
 
     @settings(max_examples=25, deadline=None, database=None, derandomize=True,
@@ -180,12 +171,12 @@ async def test_hostile_headers_end_in_a_final_state_with_a_clean_report(make_bri
             assert t.data is None or 400 <= t.data[0] < 600, t
             return
         accepted.append(t.job_id)
-        job = wait(lambda: (j := on_loop(bridge.db.run(bridge.store.job, t.job_id)))
-                   and j.state in FINAL and j, f"job {t.job_id} final")
+        job = wait_until(lambda: (j := on_loop(bridge.db.run(bridge.store.job, t.job_id)))
+                         and j.state in FINAL and j, 60, f"job {t.job_id} final")
         if job.state == "held":
             assert job.last_error, "a held job says why"
             return
-        report = wait(lambda: report_of(bridge, t.job_id), f"report of {t.job_id}")
+        report = wait_until(lambda: report_of(bridge, t.job_id), 60, f"report of {t.job_id}")
         assert_clean_headers(report)
         if job.message_id:
             assert clean_message_id(job.message_id) == job.message_id
