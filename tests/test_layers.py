@@ -28,15 +28,21 @@ def test_import_contracts_hold():
     assert "0 broken" in result.stdout
 
 
-def test_an_upward_import_breaks_the_contracts(tmp_path):
-    """The contracts have teeth: a copy of the package whose store imports the app
-    (the cycle this layering removed) fails `lint-imports`."""
+def lint_with_extra_import(tmp_path: Path, module: str, line: str):
+    """`lint-imports` on a copy of the package in which `module` has one more import."""
     shutil.copytree(ROOT / "faxbridge", tmp_path / "faxbridge",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    groupcommit = tmp_path / "faxbridge" / "store" / "groupcommit.py"
-    groupcommit.write_text(groupcommit.read_text() + "\nfrom faxbridge.app import Bridge  # noqa\n")
-    result = lint_imports(tmp_path)
+    path = tmp_path / "faxbridge" / module
+    path.write_text(path.read_text() + f"\n{line}  # noqa\n")
+    return lint_imports(tmp_path)
+
+
+def test_an_upward_import_breaks_the_contracts(tmp_path):
+    """The contracts have teeth: a copy of the package whose store imports the app
+    (the cycle this layering removed) fails `lint-imports`."""
+    result = lint_with_extra_import(tmp_path, "store/groupcommit.py",
+                                    "from faxbridge.app import Bridge")
     assert result.returncode != 0, result.stdout
     assert "BROKEN" in result.stdout and "faxbridge.store.groupcommit -> faxbridge.app" in \
         result.stdout, result.stdout
@@ -45,12 +51,8 @@ def test_an_upward_import_breaks_the_contracts(tmp_path):
 def test_a_caller_importing_the_sqlite_backend_breaks_the_contracts(tmp_path):
     """Callers see the store through store.protocol / rows / new only: a stage that
     imports the SQLite backend (directly or through faxbridge.store) fails."""
-    shutil.copytree(ROOT / "faxbridge", tmp_path / "faxbridge",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    track = tmp_path / "faxbridge" / "outbound" / "track.py"
-    track.write_text(track.read_text() + "\nfrom faxbridge.store.sqlite import SqliteStore  # noqa\n")
-    result = lint_imports(tmp_path)
+    result = lint_with_extra_import(tmp_path, "outbound/track.py",
+                                    "from faxbridge.store.sqlite import SqliteStore")
     assert result.returncode != 0, result.stdout
     assert "Callers use the store's interface, not its SQLite backend BROKEN" in \
         result.stdout, result.stdout
