@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemLoader
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -179,8 +179,10 @@ def _local_next(value: str | None) -> str:
 
 def dashboard_routes(db: Db, config: ConfigProvider, health: Health, wakeups: Wakeups,
                      fax_mail: FaxMail) -> list[BaseRoute]:
+    # Lenient undefined: log records and fax metadata have optional keys (a refused
+    # recipient has no rule; Retarus may leave out the CSID), shown as empty.
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True,
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                      trim_blocks=True, lstrip_blocks=True)
     env.filters.update(when=_when, ago=_ago, size=_size)
     env.globals.update(prefix=PREFIX, out_states=OUT_STATES)
     revoked: set[str] = set()
@@ -223,15 +225,15 @@ def dashboard_routes(db: Db, config: ConfigProvider, health: Health, wakeups: Wa
 
     async def form(request: Request) -> dict[str, str]:
         """The fields of an urlencoded form (the last value of a repeated field)."""
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype != "application/x-www-form-urlencoded":
-            raise Refused(error(request, None, 415, "Expected a form "
-                                "(application/x-www-form-urlencoded)."))
         body = b""
         async for chunk in request.stream():
             body += chunk
             if len(body) > MAX_FORM_BYTES:
                 raise Refused(error(request, None, 413, "Form too large."))
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if body and ctype != "application/x-www-form-urlencoded":
+            raise Refused(error(request, None, 415, "Expected a form "
+                                "(application/x-www-form-urlencoded)."))
         fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
         return {k: v[-1] for k, v in fields.items()}
 
