@@ -101,6 +101,14 @@ def show_job(store: Store, job_id: str) -> dict[str, Any] | None:
             "events": [public(e) for e in store.job_events(job_id)]}
 
 
+def held_jobs(store: Store, limit: int = 100) -> list[dict[str, Any]]:
+    """Held jobs, newest first, each with why (last_error) and, for an unconfirmed
+    submission, what releasing it would mean (as show_job, without loading documents)."""
+    from faxbridge.outbound.submit import confirmation
+    return [{**public(j), "confirmation": confirmation(j)}
+            for j in store.list_jobs(state="held", limit=limit)]
+
+
 def job_message(store: Store, job_id: str) -> bytes | None:
     """The mail exactly as it was received, for debugging routing."""
     return store.job_raw(job_id)

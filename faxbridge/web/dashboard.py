@@ -353,10 +353,8 @@ def dashboard_routes(db: Db, config: ConfigProvider, health: Health, wakeups: Wa
         viewer = authenticate(request)
 
         def collect(s: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-            views = [ops.show_job(s, j["id"]) for j in ops.list_jobs(s, state="held",
-                                                                      limit=200)]
             faxes = [f for f in ops.list_inbox(s, 1000) if f["state"] == "held"]
-            return [v for v in views if v is not None], faxes
+            return ops.held_jobs(s, 200), faxes
         held_jobs, held_faxes = await db.run(collect, store())
         return page(request, "held.html.j2", viewer, jobs=held_jobs, faxes=held_faxes)
 
