@@ -50,6 +50,7 @@ from faxbridge.store.groupcommit import GroupCommitter
 from faxbridge.store.protocol import Store
 from faxbridge.web.admin import admin_routes
 from faxbridge.web.app import build_web_app
+from faxbridge.web.dashboard import dashboard_routes
 
 log = logging.getLogger("faxbridge")
 
@@ -196,7 +197,8 @@ class Bridge:
 
     def _web_app(self):  # noqa: ANN202 - a Starlette app
         assert self.db and self.retarus and self.finisher and self.fax_mail
-        admin = admin_routes(self.db, self.config, self.wakeups, self.fax_mail)
+        admin = admin_routes(self.db, self.config, self.wakeups, self.fax_mail) + \
+            dashboard_routes(self.db, self.config, self.health, self.wakeups, self.fax_mail)
         return build_web_app(self.db, self.config, self.health, self.retarus, self.finisher,
                              admin)
 

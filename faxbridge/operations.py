@@ -101,6 +101,14 @@ def show_job(store: Store, job_id: str) -> dict[str, Any] | None:
             "events": [public(e) for e in store.job_events(job_id)]}
 
 
+def held_jobs(store: Store, limit: int = 100) -> list[dict[str, Any]]:
+    """Held jobs, newest first, each with why (last_error) and, for an unconfirmed
+    submission, what releasing it would mean (as show_job, without loading documents)."""
+    from faxbridge.outbound.submit import confirmation
+    return [{**public(j), "confirmation": confirmation(j)}
+            for j in store.list_jobs(state="held", limit=limit)]
+
+
 def job_message(store: Store, job_id: str) -> bytes | None:
     """The mail exactly as it was received, for debugging routing."""
     return store.job_raw(job_id)
@@ -168,3 +176,43 @@ def log_record(store: Store, log_id: int) -> dict[str, Any] | None:
     """One SMTP transaction with every decision: recipients, parts, reply, timings."""
     row = store.log_entry(log_id)
     return public(row) if row is not None else None
+
+
+# ------------------------------------------------------------------ routing and figures
+def rate_counts(store: Store, sender: str, now: float | None = None) -> dict[str, int]:
+    """The sender's faxes in each rate window (hour, day): the rows the listener counts."""
+    from faxbridge.intake.accept import WINDOWS, envelope_address
+    now = time.time() if now is None else now
+    address = (envelope_address(sender) or "").lower()
+    return {label: store.count_jobs_since(address, now - seconds) for label, seconds in WINDOWS}
+
+
+def explain_route(cfg: Config, store: Store | None, *, sender: str, recipients: list[str],
+                  peer: str | None = "127.0.0.1", user: str | None = None,
+                  tls: bool = False) -> dict[str, Any]:
+    """What the SMTP listener would answer this transaction now, step by step: the
+    accept path's own run (`intake.accept.simulate`), with the sender's rate counts
+    from the store when there is one. `faxbridge route` and the dashboard show this."""
+    from faxbridge.intake.accept import simulate
+    counts = rate_counts(store, sender) if store is not None else None
+    route = simulate(cfg, peer=peer, sender=sender, recipients=recipients, user=user, tls=tls,
+                     counts=counts)
+    return {"from": sender, "to": list(recipients), "rate_counts": counts, "ok": route.ok,
+            **route.as_dict()}
+
+
+def figures(store: Store) -> dict[str, Any]:
+    """Queue figures as /metrics has them: outbound jobs per state, and per queue the
+    items waiting and the time of the oldest."""
+    from faxbridge.store.new import OUT_STATES
+    counts = store.job_state_counts()
+    return {"jobs": {state: counts.get(state, 0) for state in OUT_STATES},
+            "queues": {name: {"waiting": n, "oldest": oldest}
+                       for name, (n, oldest) in store.queues().items()}}
+
+
+def rules(cfg: Config) -> dict[str, Any]:
+    """The sender rules and inbound topics in force (secrets appear as where they are
+    read from, never as their value)."""
+    return {"senders": [r.model_dump(mode="json") for r in cfg.senders],
+            "topics": [t.model_dump(mode="json") for t in cfg.topics]}

@@ -17,6 +17,7 @@ import signal
 import smtplib
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -85,8 +86,11 @@ def test_the_wheel_holds_every_package_the_templates_and_the_example(venv):
     templates = {f"faxbridge/templates/{p.name}" for p in (ROOT / "templates").glob("*.j2")}
     assert len(templates) >= 15 and templates <= names
     assert "faxbridge/examples/config.example.toml" in names
+    pages = {f"faxbridge/web/templates/{p.name}"
+             for p in (ROOT / "faxbridge" / "web" / "templates").glob("*.j2")}
+    assert len(pages) >= 10 and pages <= names  # the dashboard's
     data = {n for n in names if not n.endswith(".py") and ".dist-info/" not in n}
-    assert data == templates | {"faxbridge/examples/config.example.toml"}
+    assert data == templates | pages | {"faxbridge/examples/config.example.toml"}
 
 
 def test_installed_package_uses_its_own_files(venv, tmp_path):
@@ -187,6 +191,13 @@ def test_serve_from_the_wheel_faxes_reports_and_mails_a_received_fax(server):
     with urllib.request.urlopen(f"{addrs['http']}/readyz", timeout=10) as resp:
         ready = json.loads(resp.read())
     assert ready["ready"] is True and ready["checks"]["mail"] == "ok"
+    # The dashboard's pages come from the wheel too: without an admin token it says
+    # so on a page rendered from them.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{addrs['http']}/dashboard/", timeout=10)
+    page = refused.value.read().decode()
+    assert refused.value.code == 403 and page.startswith("<!doctype html>")
+    assert "set http.admin_token" in page
     assert "TemplateNotFound" not in log.read_text(errors="replace")
 
 

@@ -6,7 +6,6 @@ order, so its verdict is the reply a real SMTP session would get."""
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from faxbridge import config as config_mod
@@ -34,7 +33,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 def _rate_counts(cfg: config_mod.Config, args: argparse.Namespace) -> tuple[dict[str, int], str]:
     """The sender's faxes in the last hour and day, from the store when there is one
     (the listener counts the same rows); else zero, and the output says so."""
-    from faxbridge.intake.accept import WINDOWS, envelope_address
+    from faxbridge.operations import rate_counts
     from faxbridge.store import open_store
     data_dir = Path(args.data_dir) if args.data_dir else cfg.storage.data_dir
     db = data_dir / "faxbridge.sqlite3"
@@ -42,9 +41,7 @@ def _rate_counts(cfg: config_mod.Config, args: argparse.Namespace) -> tuple[dict
         return {}, f"no store at {db}: counted as 0 faxes"
     store = open_store(db)
     try:
-        now, sender = time.time(), (envelope_address(args.sender) or "").lower()
-        counts = {label: store.count_jobs_since(sender, now - seconds)
-                  for label, seconds in WINDOWS}
+        counts = rate_counts(store, args.sender)  # the dashboard's route form counts so too
     finally:
         store.close()
     return counts, (f"counted in {db}: {counts['hour']} fax(es) in the last hour, "

@@ -18,6 +18,7 @@ from faxbridge.runtime.config import ConfigProvider
 from faxbridge.runtime.db import Db
 from faxbridge.runtime.health import Health
 from faxbridge.web.digest import DigestAuthenticator
+from faxbridge.web.readiness import readiness
 
 log = logging.getLogger("faxbridge.web")
 
@@ -28,38 +29,8 @@ def build_web_app(db: Db, config: ConfigProvider, health: Health, retarus: Retar
         return JSONResponse({"status": "alive"})
 
     async def readyz(request: Request) -> Response:
-        checks: dict[str, object] = {}
-        reasons: list[str] = []  # why not ready, one line each
-        try:
-            await db.run(db.store.writable)
-            checks["store"] = "ok (writable)"
-        except Exception as exc:  # noqa: BLE001
-            checks["store"] = f"error: {exc}"
-            reasons.append(f"store: {exc}")
-        checks["smtp"] = health.smtp_address or "not listening"
-        if health.smtp_address is None:
-            reasons.append("smtp: not listening")
-        elif not health.accepting:
-            reasons.append("smtp: shutting down")
-        checks["last_contact"] = dict(health.last_contact)
-        topics = {}
-        for name, st in health.topic_states.items():
-            topics[name] = {"status": st.status, "last_poll": st.last_poll,
-                            "last_success": st.last_success, "last_error": st.last_error,
-                            "received": st.received}
-            # A topic whose credentials are refused makes the bridge not ready: loudly.
-            if st.status == "auth-refused":
-                reasons.append(f"topic {name}: credentials refused: {st.last_error}")
-        checks["topics"] = topics
-        # Reports and received faxes that keep failing to be composed or delivered:
-        # the bridge still accepts mail, but its users hear nothing back.
-        mail, mail_reasons = health.metrics.mail_problems()
-        checks["mail"] = mail or "ok"
-        reasons += mail_reasons
-        body: dict[str, object] = {"ready": not reasons, "checks": checks}
-        if reasons:
-            body["reasons"] = reasons
-        return JSONResponse(body, status_code=503 if reasons else 200)
+        body = await readiness(db, health)
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
     digest = DigestAuthenticator("faxbridge push")
 

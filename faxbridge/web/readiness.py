@@ -1,0 +1,45 @@
+"""What /readyz answers, computed once for the endpoint and the dashboard's health page,
+so the page never tells a different story than the probe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faxbridge.runtime.db import Db
+from faxbridge.runtime.health import Health
+
+
+async def readiness(db: Db, health: Health) -> dict[str, Any]:
+    """{"ready": bool, "checks": {...}} plus "reasons" (one line each) when not ready."""
+    checks: dict[str, Any] = {}
+    reasons: list[str] = []  # why not ready, one line each
+    try:
+        await db.run(db.store.writable)
+        checks["store"] = "ok (writable)"
+    except Exception as exc:  # noqa: BLE001
+        checks["store"] = f"error: {exc}"
+        reasons.append(f"store: {exc}")
+    checks["smtp"] = health.smtp_address or "not listening"
+    if health.smtp_address is None:
+        reasons.append("smtp: not listening")
+    elif not health.accepting:
+        reasons.append("smtp: shutting down")
+    checks["last_contact"] = dict(health.last_contact)
+    topics = {}
+    for name, st in health.topic_states.items():
+        topics[name] = {"status": st.status, "last_poll": st.last_poll,
+                        "last_success": st.last_success, "last_error": st.last_error,
+                        "received": st.received}
+        # A topic whose credentials are refused makes the bridge not ready: loudly.
+        if st.status == "auth-refused":
+            reasons.append(f"topic {name}: credentials refused: {st.last_error}")
+    checks["topics"] = topics
+    # Reports and received faxes that keep failing to be composed or delivered:
+    # the bridge still accepts mail, but its users hear nothing back.
+    mail, mail_reasons = health.metrics.mail_problems()
+    checks["mail"] = mail or "ok"
+    reasons += mail_reasons
+    body: dict[str, Any] = {"ready": not reasons, "checks": checks}
+    if reasons:
+        body["reasons"] = reasons
+    return body
