@@ -107,9 +107,9 @@ class FaxSMTP(SMTP):
         self._smtp_methods = {name: self._counted(method, cfg.max_commands)
                               for name, method in self._smtp_methods.items()}
         # asyncio's socket transport hands the protocol up to 256 KB per read, and
-        # the stream reader keeps it until DATA consumes it: 300 busy sessions held
-        # 75 MB that way, whatever smtp.data_memory_limit says. Smaller reads cost
-        # a few more system calls for a big mail.
+        # the stream reader keeps it until DATA consumes it: up to 75 MB for 300
+        # busy sessions, outside smtp.data_memory_limit. Smaller reads cost a few
+        # more system calls for a big mail.
         if hasattr(transport, "max_size"):
             transport.max_size = READ_SIZE
         self.health.metrics.sessions.inc()
