@@ -187,7 +187,7 @@ class Bridge:
         self.retarus.connect()
         parts = (db, self.config, self.mail, self.health, self.wakeups)
         self.finisher, self.fax_mail = Finisher(*parts), FaxMail(*parts)
-        self.http_server = HttpServer(self._web_app(), cfg.http.listen, "http.listen")
+        self.http_server = _http_server(self._web_app(), cfg)
         await self.http_server.start()
         self.retarus.webhook_url = self.http_server.url + "/retarus/push"
         self.handler = FaxHandler(self.config, db, self.cpu, self.committer,
@@ -263,7 +263,7 @@ class Bridge:
             if new.smtp.listen != old.smtp.listen:
                 fresh_smtp = await self._start_smtp(new.smtp.listen)
             if new.http.listen != old.http.listen and self.http_server is not None:
-                fresh_http = HttpServer(self._web_app(), new.http.listen, "http.listen")
+                fresh_http = _http_server(self._web_app(), new)
                 await fresh_http.start()
         except (ListenError, OSError) as exc:
             if fresh_smtp is not None:
@@ -303,6 +303,15 @@ class Bridge:
         for section in ("senders", "fax", "mail", "smtp"):
             if getattr(new, section) != getattr(old, section) and section not in changes:
                 changes.append(section)
+        # Built into the listener (see _http_server, start_smtp): only a new one has them.
+        limits = ("max_concurrency", "idle_timeout", "header_timeout")
+        if fresh_http is None and any(getattr(new.http, k) != getattr(old.http, k)
+                                      for k in limits):
+            log.warning("[http] %s changed: takes effect at the next restart",
+                        "/".join(limits))
+        if (fresh_smtp is None
+                and new.smtp.data_memory_limit != old.smtp.data_memory_limit):
+            log.warning("smtp.data_memory_limit changed: takes effect at the next restart")
         for section in ("storage", "simulator", "logging"):
             if getattr(new, section) != getattr(old, section):
                 log.warning("[%s] changed: takes effect at the next restart", section)
@@ -347,6 +356,14 @@ class Bridge:
         if self.sim_url:
             out["simulator"] = self.sim_url
         return out
+
+
+def _http_server(app: object, cfg: Config) -> HttpServer:
+    """The bridge's HTTP listener with the [http] limits (they take effect when the
+    listener is built: at start, and when a reload changes http.listen)."""
+    h = cfg.http
+    return HttpServer(app, h.listen, "http.listen", max_concurrency=h.max_concurrency,
+                      idle_timeout=h.idle_timeout, header_timeout=h.header_timeout)
 
 
 async def _stop_all(running: list[tuple[Runner, asyncio.Task[None]]],

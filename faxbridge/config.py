@@ -118,7 +118,23 @@ class SmtpConfig(Model):
     banner: str = "faxbridge ESMTP"
     max_message_size: int = Field(default=25 * 1024 * 1024, gt=0)
     max_recipients: int = Field(default=50, gt=0, le=1000)
+    # The idle timeout: seconds of client silence before the session is closed
+    # (421 4.4.2). Inside DATA every received line counts as progress and resets it.
     timeout: float = Field(default=300.0, gt=0)
+    # The total time one DATA phase may take, however steadily bytes flow: sized
+    # so that a mail of max_message_size still gets through a slow link (25 MB in
+    # an hour is about 7 KB/s).
+    data_timeout: float = Field(default=3600.0, gt=0)
+    # Concurrent sessions, in all and from one client address; beyond: 421 4.7.0.
+    max_sessions: int = Field(default=100, ge=1, le=100_000)
+    max_sessions_per_client: int = Field(default=30, ge=1, le=100_000)
+    # Commands one session may send (all commands counted); then 421 4.7.0.
+    max_commands: int = Field(default=1000, ge=10)
+    # Bytes all unfinished DATA phases together may hold in memory; beyond, a
+    # session's further DATA goes to an unnamed temporary file in
+    # <data_dir>/spool (so a big mail still gets through, and many unfinished
+    # ones cannot exhaust memory).
+    data_memory_limit: int = Field(default=32 * 1024 * 1024, ge=0)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     # RFC 4954 §4: PLAIN/LOGIN send the password in clear; only allow it in clear on request.
@@ -297,6 +313,13 @@ class StorageConfig(Model):
 class HttpConfig(Model):
     listen: Listen = "127.0.0.1:8025"
     admin_token: Secret = Secret()
+    # Open connections (idle keep-alive ones included) beyond which requests get 503.
+    max_concurrency: int = Field(default=100, ge=1, le=100_000)
+    # A keep-alive connection with no request for this long is closed.
+    idle_timeout: float = Field(default=10.0, gt=0, le=3600)
+    # A request's headers must be complete this long after its first byte (or after
+    # the connection opened); otherwise the connection is closed.
+    header_timeout: float = Field(default=10.0, gt=0, le=3600)
 
 
 class LoggingConfig(Model):

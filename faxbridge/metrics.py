@@ -48,6 +48,14 @@ class Metrics:
         self.mails = Counter("faxbridge_smtp_mails", "SMTP transactions by result and reason",
                              ["result", "reason"], registry=r)
         self.sessions = Gauge("faxbridge_smtp_sessions_open", "SMTP sessions open", registry=r)
+        # The DATA phases not finished yet (smtp.data_memory_limit): their bytes in
+        # all, those held in memory, and how many of them spool to disk.
+        self.data_unfinished = Gauge("faxbridge_smtp_data_unfinished_bytes",
+                                     "Bytes received by unfinished DATA phases", registry=r)
+        self.data_memory = Gauge("faxbridge_smtp_data_memory_bytes",
+                                 "Bytes of unfinished DATA phases held in memory", registry=r)
+        self.data_spooled = Gauge("faxbridge_smtp_data_spooled",
+                                  "Unfinished DATA phases writing to the spool", registry=r)
         self.submit_retries = Counter("faxbridge_submit_retries",
                                       "Fax4A submissions deferred for a retry", registry=r)
         self.report_latency = Histogram(

@@ -30,3 +30,14 @@ S554_NOTHING = "554 5.6.1 Nothing to fax in this mail: {why}"
 S554_BAD_MIME = "554 5.6.0 The mail could not be read: {why}"
 # aiosmtpd's own reply to an address it cannot parse (the handler never sees it)
 S553_MALFORMED = "553 5.1.3 Error: malformed address"
+# Limits on what one client may hold (smtp.max_sessions … smtp.data_timeout)
+S421_SESSIONS_CLIENT = ("421 4.7.0 Too many connections from {peer} (at most {limit} at a "
+                        "time); try again later")
+S421_SESSIONS = "421 4.7.0 Too many connections (at most {limit} at a time); try again later"
+S421_COMMANDS = ("421 4.7.0 Too many commands in one session (at most {limit}); "
+                 "reconnect to go on")
+S421_IDLE = "421 4.4.2 No data from you for {seconds:g} seconds; closing the connection"
+S421_DATA_DEADLINE = ("421 4.4.2 DATA not completed within {seconds:g} seconds; nothing was "
+                      "queued")
+S452_SPOOL = ("452 4.3.1 Insufficient system storage for your message; nothing was queued, "
+              "try again later")

@@ -1,12 +1,16 @@
 """The SMTP listener: aiosmtpd's protocol on our own event loop (no thread), with
-STARTTLS, AUTH, SIZE and timeouts from the config."""
+STARTTLS, AUTH, SIZE, timeouts and the limits on what one client may hold (sessions,
+commands, DATA time and memory) from the config."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
@@ -23,6 +27,7 @@ from faxbridge.smtp.auth import (
     verify_off_loop,
 )
 from faxbridge.smtp.handler import FaxHandler
+from faxbridge.smtp.spool import DataMemory, DataSink
 
 log = logging.getLogger("faxbridge.smtp")
 
@@ -30,26 +35,124 @@ log = logging.getLogger("faxbridge.smtp")
 # await a thread, so that callback only hands the credentials back, marked with this.
 _PENDING = "(credentials to check)"
 
+# The most one socket read hands a session (see FaxSMTP.connection_made).
+READ_SIZE = 16 * 1024
+
+
+class Sessions:
+    """The open sessions of one listener, in all and per client address."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.per_peer: Counter[str] = Counter()
+
+    def admit(self, peer: str, limit: int, per_client: int) -> str | None:
+        """Count a new session in, or the 421 that refuses it."""
+        if self.per_peer[peer] >= per_client:
+            return replies.S421_SESSIONS_CLIENT.format(peer=peer, limit=per_client)
+        if self.total >= limit:
+            return replies.S421_SESSIONS.format(limit=limit)
+        self.total += 1
+        self.per_peer[peer] += 1
+        return None
+
+    def release(self, peer: str) -> None:
+        self.total -= 1
+        self.per_peer[peer] -= 1
+        if self.per_peer[peer] <= 0:
+            del self.per_peer[peer]
+
 
 class FaxSMTP(SMTP):
-    """aiosmtpd's SMTP plus: 421 to newcomers while shutting down, a count of
-    sessions inside DATA (shutdown waits for them), an open-sessions gauge, and
-    the log record of a transaction whose client disconnects without QUIT."""
+    """aiosmtpd's SMTP plus: 421 to newcomers while shutting down or beyond the
+    session limits, a command limit, an idle timeout that DATA progress resets and a
+    total DATA deadline, a count of sessions inside DATA (shutdown waits for them),
+    an open-sessions gauge, and the log record of a transaction whose client
+    disconnects without QUIT."""
 
     health: Health
     fb_config: ConfigProvider
     auth_failures: FailureLog  # shared by all sessions of the listener
+    sessions: Sessions         # likewise
+    data_memory: DataMemory    # likewise
+    spool_dir: Path            # where DATA beyond data_memory_limit goes
     _refused = False
+    _peer = "?"
     _auth_failed = 0  # failed AUTH attempts in this session
+    _commands = 0
+    # Inside DATA: when the phase must end, and when the last line came.
+    _data_deadline: float | None = None
+    _last_progress = 0.0
 
     def connection_made(self, transport: Any) -> None:
-        if not self.health.accepting:
+        if self._original_transport is not None:  # STARTTLS: the same session goes on
+            super().connection_made(transport)
+            return
+        peername = transport.get_extra_info("peername")
+        self._peer = str(peername[0]) if peername else "?"
+        cfg = self.fb_config.current.smtp
+        refusal = ("421 4.3.2 Service shutting down, try again later"
+                   if not self.health.accepting else
+                   self.sessions.admit(self._peer, cfg.max_sessions, cfg.max_sessions_per_client))
+        if refusal is not None:
             self._refused = True
-            transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
+            if self.health.accepting:
+                log.warning("session refused: peer=%s: %s", self._peer, refusal)
+            transport.write(refusal.encode() + b"\r\n")
             transport.close()
             return
+        # Every command counts against smtp.max_commands (aiosmtpd's own
+        # command_call_limit counts each command separately, so NOOP, RSET, MAIL …
+        # in turn would still keep a session forever).
+        self._smtp_methods = {name: self._counted(method, cfg.max_commands)
+                              for name, method in self._smtp_methods.items()}
+        # asyncio's socket transport hands the protocol up to 256 KB per read, and
+        # the stream reader keeps it until DATA consumes it: up to 75 MB for 300
+        # busy sessions, outside smtp.data_memory_limit. Smaller reads cost a few
+        # more system calls for a big mail.
+        if hasattr(transport, "max_size"):
+            transport.max_size = READ_SIZE
         self.health.metrics.sessions.inc()
         super().connection_made(transport)
+
+    def _counted(self, method: Callable[[str], Awaitable[None]],
+                 limit: int) -> Callable[[str], Awaitable[None]]:
+        @functools.wraps(method)  # keeps aiosmtpd's syntax attributes (HELP)
+        async def counted(arg: str) -> None:
+            self._commands += 1
+            if self._commands > limit:
+                reply = replies.S421_COMMANDS.format(limit=limit)
+                log.warning("session closed: peer=%s: %s", self._peer, reply)
+                self._close_with(reply)
+                return
+            await method(arg)
+        return counted
+
+    def _close_with(self, reply: str) -> None:
+        """Answer `reply` and end the session (its transaction logged with it)."""
+        handler = self.event_handler
+        if isinstance(handler, FaxHandler) and self.session is not None:
+            handler.flush(self.session, reply)
+        if self.transport is not None:
+            self.transport.write(reply.encode() + b"\r\n")
+            self.transport.close()
+
+    def _timeout_cb(self) -> None:
+        """aiosmtpd's idle timeout, reset by each command; inside DATA also by each
+        line received (a slow link is not idle), up to the total DATA deadline."""
+        if self.transport is None:
+            return
+        now = self.loop.time()
+        if self._data_deadline is not None:
+            if now >= self._data_deadline:
+                self._close_with(replies.S421_DATA_DEADLINE.format(
+                    seconds=self.fb_config.current.smtp.data_timeout))
+                return
+            idle_left = self._last_progress + self._timeout_duration - now
+            if idle_left > 0:
+                self._reset_timeout(max(0.001, min(idle_left, self._data_deadline - now)))
+                return
+        self._close_with(replies.S421_IDLE.format(seconds=self._timeout_duration))
 
     # ------------------------------------------------------------------ AUTH
     def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
@@ -116,6 +219,14 @@ class FaxSMTP(SMTP):
             self.health.sessions_in_data -= 1
 
     async def _data(self, arg: str) -> None:
+        sink = DataSink(self.data_memory, self.spool_dir)
+        try:
+            await self._data_into(arg, sink)
+        finally:
+            self._data_deadline = None
+            sink.close()
+
+    async def _data_into(self, arg: str, sink: DataSink) -> None:
         """DATA, collected into one growing buffer.
 
         aiosmtpd keeps each received line as its own bytearray until the end (about
@@ -130,7 +241,10 @@ class FaxSMTP(SMTP):
         ends lines with bare LF cannot be told apart from one smuggling a second
         message through a different idea of where a line (or the data: "\n.\n")
         ends, and RFC 5321 section 2.3.8 forbids it. Only CRLF "." CRLF ends the
-        data."""
+        data.
+
+        The body goes into `sink`: memory, or a temporary file once all unfinished
+        DATA phases together hold smtp.data_memory_limit bytes."""
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
         assert self.envelope is not None
@@ -141,7 +255,10 @@ class FaxSMTP(SMTP):
             await self.push(replies.S501_DATA_ARG)
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        buf = bytearray()
+        data_timeout = self.fb_config.current.smtp.data_timeout
+        self._last_progress = self.loop.time()
+        self._data_deadline = self._last_progress + data_timeout
+        self._reset_timeout(min(self._timeout_duration, data_timeout))
         limit = self.data_size_limit
         received = 0
         error: str | None = None
@@ -149,18 +266,21 @@ class FaxSMTP(SMTP):
         while self.transport is not None:
             try:
                 line = await self._reader.readuntil(b"\r\n")
+                # progress: the idle timeout counts from here (see _timeout_cb)
+                self._last_progress = self.loop.time()
             except asyncio.CancelledError:  # the client went away during DATA
                 self._writer.close()
                 raise
             except asyncio.LimitOverrunError as exc:
                 # a line beyond the reader's buffer limit: keep reading, refuse at the end
                 chunk = await self._reader.read(exc.consumed)
+                self._last_progress = self.loop.time()
                 received += len(chunk)
                 if b"\n" in chunk or b"\r" in chunk:  # (a CR ending the chunk is
                     error = _bare(error)              # left unread by readuntil)
                 error = error or replies.S500_LINE_TOO_LONG
                 in_long_line = True
-                buf.clear()
+                sink.clear()
                 continue
             if _has_bare(line):
                 error = _bare(error)
@@ -176,9 +296,16 @@ class FaxSMTP(SMTP):
             elif error is None and len(line) > self.line_length_limit:
                 error = replies.S500_LINE_TOO_LONG
             if error is not None:
-                buf.clear()  # drop what came, keep reading to the final dot
+                sink.clear()  # drop what came, keep reading to the final dot
                 continue
-            buf += line[1:] if line.startswith(b".") else line
+            try:
+                sink.write(line[1:] if line.startswith(b".") else line)
+            except OSError as exc:  # the spool is full or unwritable
+                log.error("cannot spool DATA to %s: %s", sink.spool_dir, exc)
+                error = replies.S452_SPOOL
+                sink.clear()
+        self._data_deadline = None  # the data is complete: back to the idle timeout
+        self._reset_timeout()
         if error is not None:
             # into the SMTP log with its reason (the handler never saw this message)
             if isinstance(self.event_handler, FaxHandler) and self.session is not None:
@@ -188,6 +315,8 @@ class FaxSMTP(SMTP):
             return
         # The buffer itself is the message (the handler only reads it): a bytes()
         # copy would double the peak for a large mail.
+        buf = await sink.content()
+        sink.close()
         self.envelope.content = buf
         self.envelope.original_content = buf
         status = await self._call_handler_hook("DATA")
@@ -200,6 +329,7 @@ class FaxSMTP(SMTP):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:
             return
+        self.sessions.release(self._peer)
         self.health.metrics.sessions.dec()
         handler = self.event_handler
         if isinstance(handler, FaxHandler) and self.session is not None:
@@ -233,6 +363,15 @@ async def start_smtp(handler: FaxHandler, config: ConfigProvider, health: Health
     and a certificate that does not load never replaces the one in use."""
 
     failures = FailureLog()
+    sessions = Sessions()
+    # The cap is the one configured when the listener starts (a reload that
+    # changes it takes effect with the next listener).
+    memory = DataMemory(config.current.smtp.data_memory_limit)
+    health.metrics.data_unfinished.set_function(lambda: memory.received)
+    health.metrics.data_memory.set_function(lambda: memory.held)
+    health.metrics.data_spooled.set_function(lambda: memory.spooled)
+    spool = config.current.storage.data_dir / "spool"
+    spool.mkdir(parents=True, exist_ok=True)
 
     def authenticator(server: Any, session: Any, envelope: Any, mechanism: str,
                       auth_data: Any) -> AuthResult:
@@ -249,7 +388,7 @@ async def start_smtp(handler: FaxHandler, config: ConfigProvider, health: Health
             ident=current.banner,
             tls_context=tls(),
             require_starttls=False,
-            timeout=current.timeout,
+            timeout=current.timeout,  # the idle timeout (see FaxSMTP._timeout_cb)
             authenticator=authenticator if current.users else None,
             auth_require_tls=current.auth_require_tls,
             auth_required=False,
@@ -260,6 +399,9 @@ async def start_smtp(handler: FaxHandler, config: ConfigProvider, health: Health
         smtp.health = health
         smtp.fb_config = config
         smtp.auth_failures = failures
+        smtp.sessions = sessions
+        smtp.data_memory = memory
+        smtp.spool_dir = spool
         return smtp
 
     sock = bind(listen or config.current.smtp.listen, "smtp.listen")
