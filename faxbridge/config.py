@@ -290,6 +290,13 @@ class MailConfig(Model):
 class StorageConfig(Model):
     data_dir: Path = Path("faxbridge-data")
     smtp_log_retention_days: int = Field(default=90, gt=0)
+    # After this many days the payload of a finished fax goes (the mail as received,
+    # its documents, the received fax files and the mails carrying them); the
+    # metadata, timeline and SMTP log stay. None keeps payloads until deleted.
+    # The per-direction keys override it for sent / received faxes.
+    payload_retention_days: int | None = Field(default=None, gt=0)
+    outbound_payload_retention_days: int | None = Field(default=None, gt=0)
+    inbound_payload_retention_days: int | None = Field(default=None, gt=0)
     # How long a commit waits for a lock before the SMTP client gets 451 4.3.0.
     busy_timeout_ms: int = Field(default=10000, ge=0)
 
@@ -297,6 +304,40 @@ class StorageConfig(Model):
 class HttpConfig(Model):
     listen: Listen = "127.0.0.1:8025"
     admin_token: Secret = Secret()
+
+
+class ApiToken(Model):
+    """One client of the Faxes API (`X-Auth-Token`): who it acts as."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    token: Secret
+    # The address the token sends as: sender rules, limits and reports apply to it
+    # exactly as to a mail from this address.
+    sender: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    # The {ACCOUNT_ID} of /v2/accounts/{ACCOUNT_ID}/faxes (default: the name).
+    account_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    # Received faxes of these topics are in the token's inbox (empty: all topics).
+    topics: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _secret(self) -> ApiToken:
+        if not (self.token.env or self.token.file):
+            raise ValueError("token: expected { env = \"VAR\" } or { file = \"path\" }")
+        return self
+
+    @property
+    def account(self) -> str:
+        return self.account_id or self.name
+
+
+class ApiConfig(Model):
+    tokens: tuple[ApiToken, ...] = ()
+    # URL prefixes a document URL must start with to be fetched (e.g.
+    # "https://portal.example.com/faxes/"); empty: the bridge fetches nothing.
+    fetch_allow: tuple[str, ...] = ()
+    fetch_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    # A fetched or uploaded document larger than this is refused.
+    max_document_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
 
 
 class LoggingConfig(Model):
@@ -315,10 +356,12 @@ class Config(Model):
     mail: MailConfig = MailConfig()
     storage: StorageConfig = StorageConfig()
     http: HttpConfig = HttpConfig()
+    api: ApiConfig = ApiConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
-        for what, items in (("senders", self.senders), ("topics", self.topics)):
+        for what, items in (("senders", self.senders), ("topics", self.topics),
+                            ("api.tokens", self.api.tokens)):
             seen: set[str] = set()
             for i, item in enumerate(items):
                 if item.name in seen:
