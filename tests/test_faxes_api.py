@@ -25,6 +25,7 @@ from starlette.routing import Route
 from faxbridge.app import Bridge
 from faxbridge.housekeeping import Housekeeper
 from faxbridge.listen import HttpServer
+from faxbridge.mail.transport import maildir_path
 from faxbridge.simulator.pdf import tiny_pdf
 from faxbridge.web.kazoo import GREGORIAN_OFFSET
 from tests.conftest import arun_faxbridge, sim_jobs, wait_for
@@ -467,3 +468,43 @@ async def test_cli_deletes_agree_with_the_api(api):
     out = await arun_faxbridge("jobs", "delete", fax["id"], "--data-dir", data_dir)
     assert out.returncode == 0, out.stderr
     assert (await client.call("GET", f"/outbox/{fax['id']}")).status_code == 404
+
+
+async def test_admin_api_deletes_agree_and_report_goes_to_send_to(make_bridge, docs,
+                                                                 monkeypatch):
+    monkeypatch.setenv("FB_TEST_API_PORTAL", TOKEN)
+    monkeypatch.setenv("FB_TEST_API_OTHER", OTHER)
+    monkeypatch.setenv("FB_TEST_ADMIN", "admin-secret")
+    bridge = await make_bridge(api=api_section(docs[0]),
+                               http={"admin_token": {"env": "FB_TEST_ADMIN"}})
+    client = KazooClient(bridge.addresses()["http"])
+    admin = {"Authorization": "Bearer admin-secret"}
+    try:
+        await client.login(TOKEN)
+        ctype, body = multipart({"to_number": "+4989123456",
+                                 "notifications": {"email": {"send_to": "boss@example.com"}}},
+                                ("n.pdf", "application/pdf", marked_pdf("notify")))
+        fax = (await client.call("PUT", "", content=body, headers={"Content-Type": ctype})
+               ).json()["data"]
+        assert fax["notifications"] == {"email": {"send_to": ["boss@example.com"]}}
+        await until_status(client, fax["id"], "completed")
+        # the report goes where the request asked, not to the token's sender
+        boss = maildir_path(bridge.cfg.storage.data_dir / "mail", "boss@example.com") / "new"
+        reports = await wait_for(lambda: list(boss.glob("*")) if boss.exists() else None)
+        assert fax["id"] in reports[0].read_text()
+        assert not maildir_path(bridge.cfg.storage.data_dir / "mail",
+                                "portal@example.com").exists()
+        base = client.base
+        async with httpx.AsyncClient(headers=admin) as c:
+            r = await c.delete(f"{base}/admin/jobs/{fax['id']}/payload")
+            assert r.status_code == 200, r.text
+            assert (await client.call("GET", f"/outbox/{fax['id']}/attachment")
+                    ).status_code == 404
+            r = await c.delete(f"{base}/admin/jobs/{fax['id']}")
+            assert r.status_code == 200
+            assert (await client.call("GET", f"/outbox/{fax['id']}")).status_code == 404
+            assert (await c.delete(f"{base}/admin/jobs/{fax['id']}")).status_code == 404
+            r = await c.post(f"{base}/admin/retention", params={"older_than": "0"})
+            assert r.status_code == 200 and r.json()["outbound"]["removed"] == []
+    finally:
+        await client.aclose()
