@@ -83,6 +83,12 @@ def _email_pattern(value: str) -> str:
         f"'user:NAME', 'net:CIDR' or '*', got {value!r}")
 
 
+def _address(value: str) -> str:
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+", value):
+        raise ValueError(f"expected a mail address such as portal@example.com, got {value!r}")
+    return value.lower()
+
+
 Listen = Annotated[str, AfterValidator(_listen)]
 NumberPattern = Annotated[str, AfterValidator(_number_pattern)]
 SenderPattern = Annotated[str, AfterValidator(_email_pattern)]
@@ -313,7 +319,7 @@ class ApiToken(Model):
     token: Secret
     # The address the token sends as: sender rules, limits and reports apply to it
     # exactly as to a mail from this address.
-    sender: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    sender: Annotated[str, AfterValidator(_address)]
     # The {ACCOUNT_ID} of /v2/accounts/{ACCOUNT_ID}/faxes (default: the name).
     account_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     # Received faxes of these topics are in the token's inbox (empty: all topics).

@@ -28,7 +28,7 @@ from faxbridge.listen import HttpServer
 from faxbridge.mail.transport import maildir_path
 from faxbridge.simulator.pdf import tiny_pdf
 from faxbridge.web.kazoo import GREGORIAN_OFFSET
-from tests.conftest import arun_faxbridge, sim_jobs, wait_for
+from tests.conftest import arun_faxbridge, run_faxbridge, sim_jobs, wait_for
 from tests.smtp_client import send
 
 TOKEN, OTHER = "portal-" + secrets.token_hex(8), "other-" + secrets.token_hex(8)
@@ -508,3 +508,20 @@ async def test_admin_api_deletes_agree_and_report_goes_to_send_to(make_bridge, d
             assert r.status_code == 200 and r.json()["outbound"]["removed"] == []
     finally:
         await client.aclose()
+
+
+def test_a_token_whose_secret_is_missing_is_a_config_error(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[api.tokens]]\nname = "portal"\nsender = "p@example.com"\n'
+                   'token = { env = "FB_TEST_UNSET_TOKEN_VAR" }\n'
+                   '[[api.tokens]]\nname = "bad"\nsender = "not-an-address"\n'
+                   'token = { env = "X" }\n')
+    out = run_faxbridge("check", "--config", str(cfg))
+    shown = out.stdout + out.stderr
+    assert out.returncode == 1 and "api.tokens[1].sender: expected a mail address" in shown
+    cfg.write_text('[[api.tokens]]\nname = "portal"\nsender = "p@example.com"\n'
+                   'token = { env = "FB_TEST_UNSET_TOKEN_VAR" }\n')
+    out = run_faxbridge("check", "--config", str(cfg))
+    shown = out.stdout + out.stderr
+    assert out.returncode == 1 and "api.tokens[0].token: environment variable" in shown
+    assert "Traceback" not in shown

@@ -58,7 +58,10 @@ def find_token(cfg: Config, key: str) -> ApiToken | None:
     """The token whose secret is `key` (compared in constant time)."""
     found = None
     for t in cfg.api.tokens:
-        secret = t.token.resolve()
+        try:
+            secret = t.token.resolve()
+        except OSError:  # a token file gone since the preflight: that token is off
+            continue
         if secret and key and secrets.compare_digest(secret.encode(), key.encode()):
             found = t
     return found
