@@ -167,6 +167,8 @@ async def test_kazoo_client_login_create_by_url_follow_and_list(api, docs):
     assert len(sent) == 1
     assert base64.b64decode(sent[0]["request"]["documents"][0]["data"]) == pdf
     assert sent[0]["request"]["renderingOptions"]["header"] == "Invoice 42"
+    assert (await client.listing("outbox", short=True))["data"] == \
+        (await client.listing("outbox"))["data"]
     listing = await client.listing("outbox")
     assert listing["status"] == "success" and listing["page_size"] == 1
     item = listing["data"][0]
@@ -312,8 +314,8 @@ async def test_resubmit_then_delete_payload_frees_the_store(api):
     assert marker.encode() in store_bytes(bridge)
     before = pages()
     listing = await client.listing("outbox")
-    for item in listing["data"]:
-        r = await client.call("DELETE", f"/outbox/{item['id']}/attachment")
+    for i, item in enumerate(listing["data"]):
+        r = await client.call("DELETE", f"/outbox/{item['id']}/attachment", bool(i % 2))
         assert r.status_code == 200, r.text
     assert marker.encode() not in store_bytes(bridge)
     assert pages() < before - 30  # the space went back to the file system
@@ -377,7 +379,12 @@ async def test_inbox_incoming_attachment_and_deletes(api):
         got = (await client.listing("inbox"))["data"]
         return got if len(got) == 2 and all(x["status"] == "delivered" for x in got) else None
     faxes = await wait_for(delivered)
-    assert (await client.listing("incoming"))["data"] == []
+    for short in (False, True):
+        # delivered: in the inbox, no longer incoming
+        assert (await client.listing("incoming", short))["data"] == []
+        r = await client.call("GET", f"/incoming/{faxes[0]['id']}", short)
+        assert r.status_code == 404 and r.json()["error"] == "404"
+        assert (await client.listing("inbox", short))["page_size"] == 2
     for short in (False, True):
         for fax, pdf in zip(sorted(faxes, key=lambda x: x["id"]), pdfs, strict=True):
             one = await client.call("GET", f"/inbox/{fax['id']}", short)
@@ -385,8 +392,9 @@ async def test_inbox_incoming_attachment_and_deletes(api):
             att = await client.call("GET", f"/inbox/{fax['id']}/attachment", short)
             assert att.content == pdf
     first, second = sorted(faxes, key=lambda x: x["id"])
-    r = await client.call("DELETE", f"/inbox/{first['id']}/attachment")
+    r = await client.call("DELETE", f"/inbox/{first['id']}/attachment", True)
     assert r.status_code == 200
+    assert (await client.call("DELETE", f"/inbox/{first['id']}/attachment")).status_code == 200
     assert (await client.call("GET", f"/inbox/{first['id']}/attachment")).status_code == 404
     kept = (await client.call("GET", f"/inbox/{first['id']}")).json()["data"]
     assert kept["faxbridge"]["payload_deleted"] is True and kept["faxbridge"]["state"] == \
@@ -525,3 +533,29 @@ def test_a_token_whose_secret_is_missing_is_a_config_error(tmp_path):
     shown = out.stdout + out.stderr
     assert out.returncode == 1 and "api.tokens[0].token: environment variable" in shown
     assert "Traceback" not in shown
+
+
+async def test_sender_rules_and_rate_limits_apply_as_for_mail(make_bridge, docs, monkeypatch):
+    monkeypatch.setenv("FB_TEST_API_PORTAL", TOKEN)
+    monkeypatch.setenv("FB_TEST_API_OTHER", OTHER)
+    rules = [{"name": "portal", "match": ["portal@example.com"], "allow": ["+4989*"],
+              "max_per_hour": 1}]
+    bridge = await make_bridge(api=api_section(docs[0]), senders=rules)
+    client = KazooClient(bridge.addresses()["http"])
+    try:
+        await client.login(TOKEN)
+
+        async def create(number: str) -> httpx.Response:
+            ctype, body = multipart({"to_number": number},
+                                    ("a.pdf", "application/pdf", marked_pdf(number)))
+            return await client.call("PUT", "", content=body, headers={"Content-Type": ctype})
+        r = await create("+4930999999")  # not allowed by the rule
+        assert r.status_code == 400 and "+4930999999" in json.dumps(r.json()["data"])
+        assert (await create("+4989123456")).status_code == 201
+        r = await create("+4989123457")  # the second in the hour: the rule's rate limit
+        assert r.status_code == 429 and "to_number" in r.json()["data"]
+        await client.login(OTHER)  # no rule matches other@example.com
+        r = await create("+4989123456")
+        assert r.status_code == 400 and "550" in json.dumps(r.json()["data"])
+    finally:
+        await client.aclose()
