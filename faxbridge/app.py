@@ -51,6 +51,8 @@ from faxbridge.store.protocol import Store
 from faxbridge.web.admin import admin_routes
 from faxbridge.web.app import build_web_app
 from faxbridge.web.dashboard import dashboard_routes
+from faxbridge.web.fax_create import FaxCreator
+from faxbridge.web.faxes_api import faxes_routes
 
 log = logging.getLogger("faxbridge")
 
@@ -197,10 +199,13 @@ class Bridge:
 
     def _web_app(self):  # noqa: ANN202 - a Starlette app
         assert self.db and self.retarus and self.finisher and self.fax_mail
+        assert self.committer is not None
         admin = admin_routes(self.db, self.config, self.wakeups, self.fax_mail) + \
             dashboard_routes(self.db, self.config, self.health, self.wakeups, self.fax_mail)
+        creator = FaxCreator(self.db, self.cpu, self.committer, self.wakeups)
+        api = faxes_routes(self.db, self.config, creator)
         return build_web_app(self.db, self.config, self.health, self.retarus, self.finisher,
-                             admin)
+                             [*admin, *api])
 
     async def _start_smtp(self, listen: str | None = None
                           ) -> tuple[asyncio.base_events.Server, str]:

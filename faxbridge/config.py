@@ -83,6 +83,12 @@ def _email_pattern(value: str) -> str:
         f"'user:NAME', 'net:CIDR' or '*', got {value!r}")
 
 
+def _address(value: str) -> str:
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+", value):
+        raise ValueError(f"expected a mail address such as portal@example.com, got {value!r}")
+    return value.lower()
+
+
 Listen = Annotated[str, AfterValidator(_listen)]
 NumberPattern = Annotated[str, AfterValidator(_number_pattern)]
 SenderPattern = Annotated[str, AfterValidator(_email_pattern)]
@@ -306,6 +312,13 @@ class MailConfig(Model):
 class StorageConfig(Model):
     data_dir: Path = Path("faxbridge-data")
     smtp_log_retention_days: int = Field(default=90, gt=0)
+    # After this many days the payload of a finished fax goes (the mail as received,
+    # its documents, the received fax files and the mails carrying them); the
+    # metadata, timeline and SMTP log stay. None keeps payloads until deleted.
+    # The per-direction keys override it for sent / received faxes.
+    payload_retention_days: int | None = Field(default=None, gt=0)
+    outbound_payload_retention_days: int | None = Field(default=None, gt=0)
+    inbound_payload_retention_days: int | None = Field(default=None, gt=0)
     # How long a commit waits for a lock before the SMTP client gets 451 4.3.0.
     busy_timeout_ms: int = Field(default=10000, ge=0)
 
@@ -320,6 +333,40 @@ class HttpConfig(Model):
     # A request's headers must be complete this long after its first byte (or after
     # the connection opened); otherwise the connection is closed.
     header_timeout: float = Field(default=10.0, gt=0, le=3600)
+
+
+class ApiToken(Model):
+    """One client of the Faxes API (`X-Auth-Token`): who it acts as."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    token: Secret
+    # The address the token sends as: sender rules, limits and reports apply to it
+    # exactly as to a mail from this address.
+    sender: Annotated[str, AfterValidator(_address)]
+    # The {ACCOUNT_ID} of /v2/accounts/{ACCOUNT_ID}/faxes (default: the name).
+    account_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    # Received faxes of these topics are in the token's inbox (empty: all topics).
+    topics: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _secret(self) -> ApiToken:
+        if not (self.token.env or self.token.file):
+            raise ValueError("token: expected { env = \"VAR\" } or { file = \"path\" }")
+        return self
+
+    @property
+    def account(self) -> str:
+        return self.account_id or self.name
+
+
+class ApiConfig(Model):
+    tokens: tuple[ApiToken, ...] = ()
+    # URL prefixes a document URL must start with to be fetched (e.g.
+    # "https://portal.example.com/faxes/"); empty: the bridge fetches nothing.
+    fetch_allow: tuple[str, ...] = ()
+    fetch_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    # A fetched or uploaded document larger than this is refused.
+    max_document_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
 
 
 class LoggingConfig(Model):
@@ -338,10 +385,12 @@ class Config(Model):
     mail: MailConfig = MailConfig()
     storage: StorageConfig = StorageConfig()
     http: HttpConfig = HttpConfig()
+    api: ApiConfig = ApiConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
-        for what, items in (("senders", self.senders), ("topics", self.topics)):
+        for what, items in (("senders", self.senders), ("topics", self.topics),
+                            ("api.tokens", self.api.tokens)):
             seen: set[str] = set()
             for i, item in enumerate(items):
                 if item.name in seen:

@@ -216,3 +216,59 @@ def rules(cfg: Config) -> dict[str, Any]:
     read from, never as their value)."""
     return {"senders": [r.model_dump(mode="json") for r in cfg.senders],
             "topics": [t.model_dump(mode="json") for t in cfg.topics]}
+
+
+# ------------------------------------------------------------------ deleting
+# The Faxes API (DELETE /v2/faxes/outbox|inbox/{id}[/attachment]), the admin API
+# (DELETE /admin/jobs|inbox/{id}[/payload]) and the CLI (`jobs|inbox delete`) all
+# delete through these, so what may be deleted and what stays is decided once.
+def delete_fax(store: Store, job_id: str, *, payload_only: bool, by: str) -> Outcome:
+    """A sent fax (job) with everything of it, or only its payload (the mail as
+    received, its documents, its settled report mails), keeping the job, its
+    results and timeline. Only a finished job (done or failed)."""
+    job = store.job(job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    if payload_only:
+        ok = store.delete_job_payload(job_id, f"payload deleted by {by}")
+        what = f"payload of job {job_id} deleted; its metadata and timeline are kept"
+    else:
+        ok = store.delete_job(job_id)
+        what = f"job {job_id} deleted"
+    if not ok:
+        return Outcome(False, f"job {job_id} is {job.state}: only a finished job (done or "
+                              "failed) can be deleted")
+    return Outcome(True, what)
+
+
+def delete_received(store: Store, key: str, *, payload_only: bool) -> Outcome:
+    """A received fax with its files and mails, or only those (its row stays). Only
+    once it is delivered or held; deleting it whole also needs its Fax2WSPull ack
+    (else Retarus offers it again and it comes back)."""
+    row = find_inbound(store, key)
+    if row is None:
+        raise NotFound(f"no received fax {key}")
+    if payload_only:
+        ok = store.delete_inbound_payload(row.id)
+        what = f"files of received fax {row.id} deleted; its metadata is kept"
+    else:
+        ok = store.delete_inbound(row.id)
+        what = f"received fax {row.id} deleted"
+    if not ok:
+        return Outcome(False, f"received fax {row.id} is {row.state}"
+                              f"{'' if row.acked else ', not acknowledged'}: only a "
+                              "delivered or held fax" + ("" if payload_only else
+                                                         " that Retarus knows is fetched")
+                              + " can be deleted")
+    return Outcome(True, what)
+
+
+def apply_retention(store: Store, cfg: Config, *, days: int | None = None,
+                    now: float | None = None) -> dict[str, Any]:
+    """Remove the payloads past storage.payload_retention_days (or `days` for both
+    directions) now, as the housekeeping loop does every hour."""
+    from faxbridge.housekeeping import apply_retention as run
+    from faxbridge.housekeeping import retention_days
+    gone = run(store, cfg, now, days)
+    keep = retention_days(cfg) if days is None else dict.fromkeys(gone, days)
+    return {d: {"days": keep.get(d), "removed": ids} for d, ids in gone.items()}

@@ -190,6 +190,9 @@ def preflight(cfg: Config) -> Preflight:
             if smtp_mail and relay.username else None, errors=errors)
     # Unset admin token = admin API disabled (403), as documented; a named file must read.
     _secret("http.admin_token", cfg.http.admin_token, used=True, needed=None, errors=errors)
+    for i, token in enumerate(cfg.api.tokens):
+        _secret(f"api.tokens[{i}].token", token.token, used=True,
+                needed=f"the Faxes API token '{token.name}'", errors=errors)
 
     _data_dir(cfg.storage.data_dir, errors)
 

@@ -117,7 +117,7 @@ def _protocol_methods() -> dict[str, inspect.Signature]:
     from faxbridge.store import protocol
     out = {}
     for cls in (protocol.JobStore, protocol.InboundStore, protocol.SmtpLogStore,
-                protocol.MailOutStore, protocol.Store):
+                protocol.MailOutStore, protocol.PayloadStore, protocol.Store):
         for name, fn in vars(cls).items():
             if inspect.isfunction(fn) and not name.startswith("_"):
                 out[name] = inspect.signature(fn)

@@ -1,4 +1,4 @@
-"""Command line: `faxbridge serve|check|example-config|route|log|jobs|inbox|senders|topics|
+"""Command line: `faxbridge serve|check|example-config|route|log|jobs|inbox|retention|senders|topics|
 simulator|hash-password`. One module per command group; this one wires them into one
 parser and turns configuration errors into readable messages."""
 
@@ -7,11 +7,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from faxbridge.cli import check, inbox, jobs, log, route, rules, serve
+from faxbridge.cli import check, inbox, jobs, log, retention, route, rules, serve
 from faxbridge.errors import ConfigError
 
 # Order of `faxbridge --help`: running it, configuring it, then looking into it.
-GROUPS = (serve, check, route, log, jobs, inbox, rules)
+GROUPS = (serve, check, route, log, jobs, inbox, retention, rules)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from faxbridge.logsetup import configure
     configure("plain", "DEBUG" if args.verbose else "INFO")
-    if getattr(args, "action", None) in ("show", "release", "resend") and not args.id:
+    if getattr(args, "action", None) in ("show", "release", "resend", "delete") and not args.id:
         print(f"faxbridge {args.command} {args.action}: an ID is required", file=sys.stderr)
         return 2
     try:

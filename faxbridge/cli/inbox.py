@@ -1,4 +1,4 @@
-"""`faxbridge inbox [list|resend ID]`: received faxes, through the same operations as
+"""`faxbridge inbox [list|resend ID|delete ID [--payload-only]]`: received faxes, through the same operations as
 the admin API's /admin/inbox."""
 
 from __future__ import annotations
@@ -28,6 +28,14 @@ def cmd_inbox(args: argparse.Namespace) -> int:
         print(printable(f"fax {done['resent']} queued again for {', '.join(done['to'])} "
               "(the running bridge sends it)"))
         return 0
+    if args.action == "delete":
+        try:
+            outcome = ops.delete_received(store, args.id, payload_only=args.payload_only)
+        except ops.NotFound as exc:
+            print(printable(exc))
+            return 1
+        print(printable(outcome.message))
+        return 0 if outcome.ok else 1
     faxes = ops.list_inbox(store, args.limit)
     if args.json:
         print_json(faxes)
@@ -41,10 +49,13 @@ def cmd_inbox(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = with_config(sub.add_parser("inbox", help="received faxes"))
-    s.add_argument("action", nargs="?", choices=["list", "resend"], default="list")
+    s.add_argument("action", nargs="?", choices=["list", "resend", "delete"],
+                   default="list")
     s.add_argument("id", nargs="?", help="fax id (topic/id or the Retarus id)")
     s.add_argument("--to", action="append", metavar="ADDR", help="(resend) other address(es)")
     s.add_argument("--data-dir")
     s.add_argument("--limit", type=int, default=100)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--payload-only", action="store_true",
+                   help="delete: only the fax's files and mails; keep its record")
     s.set_defaults(func=cmd_inbox)

@@ -1,4 +1,4 @@
-"""`faxbridge jobs [list|show ID|release ID]`: outbound fax jobs, through the same
+"""`faxbridge jobs [list|show ID|release ID|delete ID [--payload-only]]`: outbound fax jobs, through the same
 operations as the admin API's /admin/jobs."""
 
 from __future__ import annotations
@@ -20,6 +20,15 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return _show(store, args)
     if args.action == "release":
         outcome = ops.release_job(store, args.id, by="admin (CLI)", force=args.force)
+        print(printable(outcome.message))
+        return 0 if outcome.ok else 1
+    if args.action == "delete":
+        try:
+            outcome = ops.delete_fax(store, args.id, payload_only=args.payload_only,
+                                     by="admin (CLI)")
+        except ops.NotFound as exc:
+            print(printable(exc))
+            return 1
         print(printable(outcome.message))
         return 0 if outcome.ok else 1
     jobs = ops.list_jobs(store, state=args.state, sender=args.sender, limit=args.limit)
@@ -65,7 +74,8 @@ def _show(store: Store, args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = with_config(sub.add_parser("jobs", help="outbound fax jobs"))
-    s.add_argument("action", nargs="?", choices=["list", "show", "release"], default="list")
+    s.add_argument("action", nargs="?", choices=["list", "show", "release", "delete"],
+                   default="list")
     s.add_argument("id", nargs="?")
     s.add_argument("--data-dir")
     s.add_argument("--state")
@@ -75,4 +85,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--raw", action="store_true", help="show: print the mail as received")
     s.add_argument("--force", action="store_true",
                    help="release: even a job that may be at Retarus already")
+    s.add_argument("--payload-only", action="store_true",
+                   help="delete: only the mail, documents and report mails; keep the job")
     s.set_defaults(func=cmd_jobs)

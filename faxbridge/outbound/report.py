@@ -34,6 +34,14 @@ def wanted(notify: str, event: str) -> bool:
     return True
 
 
+def report_to(job: Job) -> list[str]:
+    """Who gets a job's report: its sender, or the addresses a Faxes API request named
+    in notifications.email.send_to."""
+    api = job.options.get("api") or {}
+    send_to = ((api.get("notifications") or {}).get("email") or {}).get("send_to")
+    return list(send_to) if send_to else [job.sender]
+
+
 def build_report(composer: Composer, job: Job, recipients: list[dict[str, Any]],
                  event: str, *, mail_from: str, pages: int | None = None,
                  error: str | None = None,
@@ -57,6 +65,6 @@ def build_report(composer: Composer, job: Job, recipients: list[dict[str, Any]],
         "target": rows[0]["number"] if len(rows) == 1 else f"{len(rows)} recipients",
         "documents": [name for name, _, _ in documents],
     }
-    msg = composer.compose(f"report.{event}", ctx, mail_from=mail_from, to=[job.sender],
+    msg = composer.compose(f"report.{event}", ctx, mail_from=mail_from, to=report_to(job),
                            in_reply_to=job.message_id, attachments=list(documents))
     return msg.as_bytes()

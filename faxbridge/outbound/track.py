@@ -15,7 +15,7 @@ from faxbridge.intake.clean import clean_text
 from faxbridge.intake.numbers import same_number
 from faxbridge.mail.compose import ComposeError
 from faxbridge.mail.service import MailService
-from faxbridge.outbound.report import REPORT_HELD, build_report, event_for, wanted
+from faxbridge.outbound.report import REPORT_HELD, build_report, event_for, report_to, wanted
 from faxbridge.retarus.clients import RetarusClients
 from faxbridge.retarus.models import FaxReport
 from faxbridge.runner import Runner
@@ -85,7 +85,7 @@ class Finisher:
                 return await self._hold(job, results, event, source, exc,
                                         error=error, datacenter=datacenter, expect=expect)
             metrics.mail_ok("compose", "report")
-            mail = (cfg.mail.from_address, [job.sender], raw)
+            mail = (cfg.mail.from_address, report_to(job), raw)
         state = "done" if event in ("delivered", "partial") else "failed"
         summary = ", ".join(f"{r['number']} {r['status'] or '-'}" for r in results)
         changed = await self.db.run(store.finish_job, job.id, state, event=state,

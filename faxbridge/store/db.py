@@ -185,8 +185,34 @@ def connect(path: Path, busy_timeout_ms: int = 10000) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    # A deleted payload (a fax document, a mail) is overwritten with zeros, not left
+    # readable in a free page of the file: deletion is for privacy.
+    conn.execute("PRAGMA secure_delete=ON")
     migrate(conn)
+    incremental_vacuum_mode(conn)
     return conn
+
+
+def incremental_vacuum_mode(conn: sqlite3.Connection) -> None:
+    """auto_vacuum=INCREMENTAL, so `reclaim` can give the pages of deleted payloads
+    back to the file system. A new database takes the mode before its first table;
+    an existing one only through one VACUUM (which rewrites the file once, outside
+    any transaction, hence not one of MIGRATIONS), and the mode itself records that
+    it was done."""
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+        return
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    conn.execute("VACUUM")
+
+
+def reclaim(conn: sqlite3.Connection) -> None:
+    """After deleting payloads: hand the free pages back (the file shrinks) and
+    checkpoint the WAL into the file and truncate it, so the deleted data is in
+    neither file any more. Outside a transaction."""
+    # executescript: sqlite3's execute() steps a statement without result columns
+    # once, and one step of incremental_vacuum frees one page
+    conn.executescript("PRAGMA incremental_vacuum;")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 def migrate(conn: sqlite3.Connection) -> int:

@@ -220,10 +220,11 @@ def _insert_job(c: sqlite3.Connection, job: NewJob, log: SmtpLogRecord | None,
     c.execute(
         "INSERT INTO jobs (id,state,created,updated,sender,auth_user,message_id,"
         "subject,rule,header,options_json,deadline,valid_until,notify,"
-        "attach_documents) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (job.id, "queued", now, now, job.sender, job.auth_user, job.message_id,
+        "attach_documents,last_error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (job.id, job.state, now, now, job.sender, job.auth_user, job.message_id,
          job.subject, job.rule, job.header, json.dumps(job.options),
-         job.deadline, job.valid_until, job.notify, int(job.attach_documents)))
+         job.deadline, job.valid_until, job.notify, int(job.attach_documents),
+         job.last_error))
     rowid = c.execute("INSERT INTO job_messages (job_id, raw) VALUES (?, zeroblob(?))",
                       (job.id, len(job.raw))).lastrowid
     write_blob(c, "job_messages", "raw", rowid, job.raw)
@@ -241,6 +242,8 @@ def _insert_job(c: sqlite3.Connection, job: NewJob, log: SmtpLogRecord | None,
     insert_event(c, job.id, "accepted",
                  f"from {job.sender}, {len(job.recipients)} recipient(s), "
                  f"{len(job.documents)} document(s), rule {job.rule}")
+    if job.state != "queued":
+        insert_event(c, job.id, job.state, job.last_error or "")
     if log is not None:
         log.job_id = job.id
         insert_log(c, log)

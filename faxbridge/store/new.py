@@ -50,6 +50,10 @@ class NewJob:
     notify: str = "always"
     attach_documents: bool = False
     id: str = field(default_factory=new_job_id)
+    # A job is created queued; one whose documents could not be had at all (a
+    # Faxes API document URL that failed) is recorded failed, with why.
+    state: str = "queued"
+    last_error: str | None = None
 
 
 @dataclass

@@ -107,7 +107,35 @@ class MailOutStore(Protocol):
     def list_mail(self, limit: int = 100) -> list[OutMail]: ...
 
 
-class Store(JobStore, InboundStore, SmtpLogStore, MailOutStore, Protocol):
+class PayloadStore(Protocol):
+    """Deleting faxes and payloads (Faxes API, CLI, admin API, retention) and the
+    Faxes API's paged listings (newest first, from the item `start_key` on).
+
+    A payload: a sent fax's message, documents and settled report mails; a received
+    fax's files and settled mails. Only settled items are touched (jobs done/failed,
+    received faxes delivered/held); each returns False when the item is not there
+    or not settled. A backend frees the space of what it deleted (SQLite: incremental
+    vacuum and a WAL checkpoint) before returning."""
+
+    def delete_job(self, job_id: str) -> bool: ...
+    def delete_job_payload(self, job_id: str, detail: str) -> bool: ...
+    def delete_inbound(self, key: str) -> bool: ...
+    def delete_inbound_payload(self, key: str) -> bool: ...
+    def expire_payloads(self, direction: str, before: float,
+                        limit: int = 1000) -> list[str]: ...
+    def page_jobs(self, *, states: tuple[str, ...], senders: tuple[str, ...] | None = None,
+                  created_from: float | None = None, created_to: float | None = None,
+                  start_key: str | None = None, limit: int = 50) -> list[Job]: ...
+    def page_inbound(self, *, states: tuple[str, ...] | None = None,
+                     topics: tuple[str, ...] | None = None, created_from: float | None = None,
+                     created_to: float | None = None, start_key: str | None = None,
+                     limit: int = 50) -> list[InboundFax]: ...
+    def page_log(self, *, senders: tuple[str, ...] | None = None,
+                 created_from: float | None = None, created_to: float | None = None,
+                 start_key: int | None = None, limit: int = 50) -> list[LogEntry]: ...
+
+
+class Store(JobStore, InboundStore, SmtpLogStore, MailOutStore, PayloadStore, Protocol):
     """The whole store, as the bridge's services hold it."""
 
     def close(self) -> None: ...

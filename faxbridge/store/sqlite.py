@@ -9,6 +9,7 @@ from faxbridge.store.db import Database
 from faxbridge.store.inbound import SqliteInbound
 from faxbridge.store.jobs import SqliteJobs
 from faxbridge.store.mailout import SqliteMailOut
+from faxbridge.store.payloads import SqlitePayloads
 from faxbridge.store.smtplog import SqliteSmtpLog
 
 # (count, oldest created) per queue, for the metrics' queue depth and age gauges
@@ -21,7 +22,7 @@ _QUEUES = (
 )
 
 
-class SqliteStore(SqliteJobs, SqliteInbound, SqliteSmtpLog, SqliteMailOut):
+class SqliteStore(SqliteJobs, SqliteInbound, SqliteSmtpLog, SqliteMailOut, SqlitePayloads):
     """Implements store.protocol.Store on one SQLite file (WAL, synchronous=FULL)."""
 
     def __init__(self, path: Path, busy_timeout_ms: int = 10000) -> None:

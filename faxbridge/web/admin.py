@@ -1,6 +1,6 @@
 """Admin JSON API under /admin/, behind `Authorization: Bearer <http.admin_token>`.
 The same operations as the CLI (faxbridge.operations): SMTP log, jobs, inbox; release
-a held job; resend a fax. This module only maps requests to them and answers in JSON."""
+a held job; resend a fax; delete a fax or only its payload; run the payload retention. This module only maps requests to them and answers in JSON."""
 
 from __future__ import annotations
 
@@ -126,10 +126,44 @@ def admin_routes(db: Db, config: ConfigProvider, wakeups: Wakeups,
         wakeups.mail.set()
         return JSONResponse(done)
 
+    async def _deleted(fn, *args, **kw) -> Response:  # noqa: ANN001 - an operations call
+        try:
+            outcome = await db.run(fn, store(), *args, **kw)
+        except ops.NotFound:
+            return JSONResponse({"error": "not found"}, 404)
+        if not outcome.ok:
+            return JSONResponse({"error": outcome.message}, 409)
+        return JSONResponse({"deleted": outcome.message})
+
+    @endpoint
+    async def delete_job(request: Request) -> Response:
+        return await _deleted(ops.delete_fax, request.path_params["id"],
+                              payload_only=request.url.path.endswith("/payload"),
+                              by="the admin API")
+
+    @endpoint
+    async def delete_inbound(request: Request) -> Response:
+        return await _deleted(ops.delete_received, request.path_params["id"],
+                              payload_only=request.url.path.endswith("/payload"))
+
+    @endpoint
+    async def retention(request: Request) -> Response:
+        q = request.query_params
+        days = _int(q, "older_than", -1) if "older_than" in q else None
+        if days is not None and days < 0:
+            raise ops.BadQuery("older_than: expected a number of days, 0 or more")
+        return JSONResponse(await db.run(ops.apply_retention, store(), config.current,
+                                         days=days))
+
     return [
+        Route("/admin/jobs/{id}/payload", delete_job, methods=["DELETE"]),
+        Route("/admin/jobs/{id}", delete_job, methods=["DELETE"]),
+        Route("/admin/inbox/{id:path}/payload", delete_inbound, methods=["DELETE"]),
+        Route("/admin/retention", retention, methods=["POST"]),
         Route("/admin/log", log_list), Route("/admin/log/{id:int}", log_one),
         Route("/admin/jobs", jobs), Route("/admin/jobs/{id}", job),
         Route("/admin/jobs/{id}/release", release, methods=["POST"]),
         Route("/admin/inbox", inbox),
         Route("/admin/inbox/{id:path}/resend", resend, methods=["POST"]),
+        Route("/admin/inbox/{id:path}", delete_inbound, methods=["DELETE"]),
     ]
