@@ -49,7 +49,7 @@ from faxbridge.store import open_store
 from faxbridge.store.groupcommit import GroupCommitter
 from faxbridge.store.protocol import Store
 from faxbridge.web.admin import admin_routes
-from faxbridge.web.app import build_web_app
+from faxbridge.web.app import PUSH_PATH, build_push_app, build_web_app
 from faxbridge.web.dashboard import dashboard_routes
 from faxbridge.web.fax_create import FaxCreator
 from faxbridge.web.faxes_api import faxes_routes
@@ -104,6 +104,8 @@ class Bridge:
         self.sim_server: HttpServer | None = None
         self.sim_url: str | None = None
         self.http_server: HttpServer | None = None
+        # the status push on its own listener (retarus.push_listen), when configured
+        self.push_server: HttpServer | None = None
         self.smtp_server: asyncio.base_events.Server | None = None
         # The STARTTLS context new SMTP sessions use (None: no STARTTLS), and the
         # fingerprint of the files it came from; built by the preflight.
@@ -189,9 +191,14 @@ class Bridge:
         self.retarus.connect()
         parts = (db, self.config, self.mail, self.health, self.wakeups)
         self.finisher, self.fax_mail = Finisher(*parts), FaxMail(*parts)
+        if cfg.retarus.push_listen:
+            self.push_server = _http_server(
+                build_push_app(self.db, self.config, self.retarus, self.finisher), cfg,
+                cfg.retarus.push_listen, "retarus.push_listen")
+            await self.push_server.start()
         self.http_server = _http_server(self._web_app(), cfg)
         await self.http_server.start()
-        self.retarus.webhook_url = self.http_server.url + "/retarus/push"
+        self.retarus.webhook_url = self._webhook_base() + PUSH_PATH
         self.handler = FaxHandler(self.config, db, self.cpu, self.committer,
                                   self.health.metrics, self.wakeups)
         self.smtp_server, self.health.smtp_address = await self._start_smtp()
@@ -205,7 +212,12 @@ class Bridge:
         creator = FaxCreator(self.db, self.cpu, self.committer, self.wakeups)
         api = faxes_routes(self.db, self.config, creator)
         return build_web_app(self.db, self.config, self.health, self.retarus, self.finisher,
-                             [*admin, *api])
+                             [*admin, *api], push=self.push_server is None)
+
+    def _webhook_base(self) -> str:
+        server = self.push_server or self.http_server
+        assert server is not None
+        return server.url
 
     async def _start_smtp(self, listen: str | None = None
                           ) -> tuple[asyncio.base_events.Server, str]:
@@ -291,7 +303,7 @@ class Bridge:
             await self.http_server.stop()
             self.http_server = fresh_http
             if self.retarus is not None:
-                self.retarus.webhook_url = fresh_http.url + "/retarus/push"
+                self.retarus.webhook_url = self._webhook_base() + PUSH_PATH
             changes.append("http listener")
         if pre.tls_fingerprint != self.smtp_tls_fingerprint:
             changes.append("smtp TLS")
@@ -320,6 +332,8 @@ class Bridge:
         for section in ("storage", "simulator", "logging"):
             if getattr(new, section) != getattr(old, section):
                 log.warning("[%s] changed: takes effect at the next restart", section)
+        if new.retarus.push_listen != old.retarus.push_listen:
+            log.warning("retarus.push_listen changed: takes effect at the next restart")
         log.info("configuration reloaded (%s)", ", ".join(changes) or "nothing changed")
         return changes
 
@@ -338,7 +352,7 @@ class Bridge:
             await self.committer.close()
         await _stop_all(self._runners, STOP_SECONDS)
         self._runners.clear()
-        for srv in (self.http_server, self.sim_server):
+        for srv in (self.http_server, self.push_server, self.sim_server):
             if srv is not None:
                 await srv.stop()
         if self.sim_state is not None:
@@ -358,16 +372,20 @@ class Bridge:
             out["smtp"] = self.smtp_address
         if self.http_server:
             out["http"] = self.http_server.url
+        if self.push_server:
+            out["push"] = self.push_server.url
         if self.sim_url:
             out["simulator"] = self.sim_url
         return out
 
 
-def _http_server(app: object, cfg: Config) -> HttpServer:
-    """The bridge's HTTP listener with the [http] limits (they take effect when the
-    listener is built: at start, and when a reload changes http.listen)."""
+def _http_server(app: object, cfg: Config, listen: str | None = None,
+                 key: str = "http.listen") -> HttpServer:
+    """An HTTP listener of the bridge (the main one, or the push webhook's own) with
+    the [http] limits (they take effect when the listener is built: at start, and
+    when a reload changes http.listen)."""
     h = cfg.http
-    return HttpServer(app, h.listen, "http.listen", max_concurrency=h.max_concurrency,
+    return HttpServer(app, listen or h.listen, key, max_concurrency=h.max_concurrency,
                       idle_timeout=h.idle_timeout, header_timeout=h.header_timeout)
 
 
@@ -467,6 +485,8 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
     addrs = bridge.addresses()
     print_fn(f"faxbridge listening: SMTP {addrs.get('smtp')}, HTTP {addrs.get('http')}"
              + (f", simulator {addrs['simulator']}" if "simulator" in addrs else ""))
+    if "push" in addrs:  # its own line: the listening line's format is relied on
+        print_fn(f"status push webhook: {addrs['push']}{PUSH_PATH}")
     print_fn(f"data directory: {cfg.storage.data_dir.resolve()}")
     try:
         await done.wait()

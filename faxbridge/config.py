@@ -237,6 +237,10 @@ class RetarusConfig(Model):
     # How Retarus authenticates the push: the job asks for it (authMethod HTTP_BASIC or
     # HTTP_DIGEST) and the webhook accepts only that. Digest keeps the password off the wire.
     push_auth: Literal["basic", "digest"] = "basic"
+    # The status push webhook on a listener of its own ("HOST:PORT"), serving only
+    # POST /retarus/push: expose that one to Retarus, not http.listen (/admin, /metrics).
+    # Unset: the push is served on http.listen.
+    push_listen: Listen | None = None
 
 
 class SimulatorConfig(Model):

@@ -9,6 +9,8 @@ S250_RCPT_OK = "250 2.1.5 Fax number {number} OK"
 S450_RATE = ("450 4.7.1 Rate limit of rule '{rule}' reached ({count} faxes in the last {window});"
              " try again later")
 S451_STORE = "451 4.3.0 Temporary failure storing your fax; nothing was queued, try again later"
+# an unexpected error at end of DATA: no internal details go to the client
+S451_INTERNAL = "451 4.3.0 Local error while processing your fax; nothing was queued, try again later"
 S452_TOO_MANY = "452 4.5.3 Too many recipients (at most {limit} per mail)"
 S503_NEED_RCPT = "503 5.5.1 No valid fax recipient; nothing to send"
 S501_DATA_ARG = "501 5.5.4 Syntax: DATA takes no argument"

@@ -65,7 +65,10 @@ def pull_password(monkeypatch):
 def wired(tmp_path: Path, sim_url: str, topics: list[dict], **sections) -> dict:
     """Sections for a bridge that uses the test's own simulator (not an embedded one)."""
     return dict(retarus={"send_url": f"{sim_url}/fax4a/ha-de/rest/v1",
-                         "datacenter_urls": [f"{sim_url}/fax4a/de1/rest/v1"]},
+                         # both data centers the HA URL forwards to: a final status
+                         # push is confirmed against the report where the job ran
+                         "datacenter_urls": [f"{sim_url}/fax4a/de1/rest/v1",
+                                             f"{sim_url}/fax4a/de2/rest/v1"]},
                 topics=topics, **sections)
 
 

@@ -53,6 +53,11 @@ TNEF_TYPES = {"application/ms-tnef", "application/vnd.ms-tnef"}
 ZIP_OFFICE = {"docx", "xlsx", "pptx", "odt"}
 
 
+class MimeError(ValueError):
+    """A mail whose structure cannot be taken apart; the message says why, for the
+    SMTP reply (it names the problem, never the parser's internals)."""
+
+
 @dataclass
 class Document:
     name: str
@@ -396,6 +401,19 @@ class _Walker:
 
 def extract(raw: bytes | bytearray, allowed_types: tuple[str, ...],
             body_mode: str = "first") -> Extraction:
+    """The documents of a mail. Raises MimeError for a structure that cannot be
+    taken apart: the email package's parser recurses once per multipart level and
+    runs out of stack a few hundred levels down (the walker itself stops at
+    MAX_DEPTH and accounts for what lies below as skipped)."""
+    try:
+        return _extract_all(raw, allowed_types, body_mode)
+    except RecursionError:
+        raise MimeError(f"its MIME parts are nested too deeply (more than {MAX_DEPTH} "
+                        "levels are not read)") from None
+
+
+def _extract_all(raw: bytes | bytearray, allowed_types: tuple[str, ...],
+                 body_mode: str) -> Extraction:
     slimmed = slim(raw)
     if slimmed.cuts:
         try:

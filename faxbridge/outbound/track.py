@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Any
 
 from faxbridge.errors import AuthError, NotFound, Transient
@@ -17,6 +18,7 @@ from faxbridge.mail.compose import ComposeError
 from faxbridge.mail.service import MailService
 from faxbridge.outbound.report import REPORT_HELD, build_report, event_for, report_to, wanted
 from faxbridge.retarus.clients import RetarusClients
+from faxbridge.retarus.fax4a import Fax4AClient
 from faxbridge.retarus.models import FaxReport
 from faxbridge.runner import Runner
 from faxbridge.runtime.config import ConfigProvider
@@ -152,6 +154,57 @@ class Finisher:
         results = match_results(recipients, report)
         return await self.finish(job, results=results, submitted=True, source=source,
                                  pages=report.pages, datacenter=datacenter)
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    """What a final status push led to: whether the job's outcome changed, and a
+    word for the webhook's answer ("recorded", "not final at Retarus", …)."""
+
+    changed: bool
+    status: str
+    retry: bool = False  # Retarus could not be asked: answer so that it pushes again
+
+
+def _statuses(report: FaxReport) -> list[tuple[str, str]]:
+    return sorted((r.number, r.status.upper()) for r in report.recipientStatus)
+
+
+async def confirm_push(finisher: Finisher, fax4a: Fax4AClient, job: Job,
+                       pushed: FaxReport) -> PushOutcome:
+    """A final status push is a claim, not the outcome: anyone who can reach the
+    webhook with the push credentials (or a push that arrives early) could end a
+    job with a status Retarus never reported, and the report would then be deleted
+    at Retarus, where the truth was. So the job's report is fetched from Retarus
+    (GET /fax/reports/{jobId}, fax4a-api "getStatusReport") and *its* statuses are
+    applied; a push that disagrees is logged. The report is deleted afterwards by
+    the ReportCleaner, only once the confirmed outcome is committed."""
+    try:
+        report, base = await fax4a.get_report(job.retarus_job_id or pushed.jobId)
+    except NotFound:
+        log.warning("job=%s status push says final (%s), but no data center has a report "
+                    "for %s: not applied; the report poll goes on", job.id,
+                    _brief(pushed), pushed.jobId)
+        return PushOutcome(False, "not confirmed: Retarus has no report for this job")
+    except (Transient, AuthError) as exc:
+        log.warning("job=%s status push not confirmed, Retarus could not be asked: %s",
+                    job.id, exc)
+        return PushOutcome(False, f"not confirmed: {exc}", retry=True)
+    finisher.health.last_contact["retarus"] = time.time()
+    if not report.final:
+        log.warning("job=%s status push says final (%s), but the report at Retarus is "
+                    "still pending: not applied (a premature or forged push)", job.id,
+                    _brief(pushed))
+        return PushOutcome(False, "not final at Retarus, noted")
+    if _statuses(report) != _statuses(pushed):
+        log.warning("job=%s status push (%s) disagrees with the report at Retarus (%s): "
+                    "the report's statuses apply", job.id, _brief(pushed), _brief(report))
+    changed = await finisher.apply_report(job, report, "push", datacenter=base)
+    return PushOutcome(changed, "recorded" if changed else "already final")
+
+
+def _brief(report: FaxReport) -> str:
+    return clean_text(", ".join(f"{n} {st}" for n, st in _statuses(report)), 300)
 
 
 class Tracker(Runner[Job]):

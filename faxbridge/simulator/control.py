@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import time
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -21,10 +22,27 @@ from faxbridge.simulator.state import Fault, SimFax, sim_state
 CONTENT_TYPES = {"pdf": "application/pdf", "tif": "image/tiff", "tiff": "image/tiff"}
 
 
+# Shown in place of a secret the job carries: the control API is for tests and
+# scripts, and whoever reaches it must not learn the bridge's push password.
+HIDDEN = "(hidden)"
+
+
+def without_secrets(body: dict[str, Any]) -> dict[str, Any]:
+    """A job request as received, with its status push credentials hidden (the
+    only secret a sendJobRequest carries: statusReportOptions.httpStatusPush)."""
+    options = body.get("statusReportOptions")
+    push = options.get("httpStatusPush") if isinstance(options, dict) else None
+    if not isinstance(push, dict) or "credentials" not in push:
+        return body
+    return {**body, "statusReportOptions": {
+        **options, "httpStatusPush": {**push, "credentials": HIDDEN}}}
+
+
 async def jobs(request: Request) -> Response:
+    """Every job received, its request as sent but for the push credentials."""
     now = time.time()
     return JSONResponse([{"jobId": j.job_id, "datacenter": j.dc, "via": j.via,
-                          "received": j.received, "request": j.body,
+                          "received": j.received, "request": without_secrets(j.body),
                           "final": j.final(now), "report": j.report(now),
                           "pushes": j.pushes} for j in sim_state(request).jobs])
 

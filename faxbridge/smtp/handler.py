@@ -19,7 +19,7 @@ from faxbridge import replies
 from faxbridge.errors import StoreError
 from faxbridge.intake import accept
 from faxbridge.intake.clean import clean_text
-from faxbridge.intake.mime import extract
+from faxbridge.intake.mime import Extraction, MimeError, extract
 from faxbridge.intake.numbers import parse_number, split_address
 from faxbridge.intake.slim import header_block
 from faxbridge.intake.subject import decode_subject, header_line
@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("faxbridge.smtp")
 
+# What one transaction's log record keeps of its RCPT commands: the first ones in
+# full, then only counts. A client may send tens of thousands of RCPTs; one record
+# per transaction must stay small enough to read, list and store.
+LOG_RECIPIENTS = 100
+
 
 @dataclass
 class Tx:
@@ -44,6 +49,20 @@ class Tx:
     state: accept.MailState
     started: float = field(default_factory=time.perf_counter)
     logged: bool = False
+    last_refusal: str | None = None  # kept even when its entry is beyond LOG_RECIPIENTS
+    omitted: dict[str, int] = field(default_factory=dict)  # "accepted"/"refused" counts
+
+    def note_recipient(self, entry: dict[str, Any], accepted: bool) -> None:
+        if not accepted:
+            self.last_refusal = entry["reply"]
+        rec = self.record.recipients
+        if len(rec) < LOG_RECIPIENTS:
+            rec.append(entry)
+            return
+        key = "accepted" if accepted else "refused"
+        if not self.omitted:
+            rec.append({"omitted": self.omitted})  # the same dict, counted on below
+        self.omitted[key] = self.omitted.get(key, 0) + 1
 
 
 class FaxHandler:
@@ -74,12 +93,11 @@ class FaxHandler:
         if tx is None or tx.logged:
             return
         tx.logged = True
-        refused = [r["reply"] for r in tx.record.recipients
-                   if not str(r.get("reply", "")).startswith("250")]
+        refused = tx.last_refusal
         # The reason that counts is the last refusal when the client just gave up.
-        reason = tx.record.reply or (refused[-1] if refused else reply or "")
+        reason = tx.record.reply or refused or reply or ""
         if reply and not tx.record.reply:
-            tx.record.reply = f"{reply} after {refused[-1]}" if refused else reply
+            tx.record.reply = f"{reply} after {refused}" if refused else reply
         self.metrics.smtp_reply(reason, False)
         # Off the event loop: a commit waits for fsync.
         fut = asyncio.ensure_future(self.db.run(self.db.store.add_log, tx.record))
@@ -118,7 +136,7 @@ class FaxHandler:
         if decision.why is not None:
             entry["why"] = decision.why
         entry["reply"] = decision.reply
-        tx.record.recipients.append(entry)
+        tx.note_recipient(entry, decision.accepted)
         if decision.accepted:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
@@ -130,9 +148,26 @@ class FaxHandler:
         return {w.label: store.count_jobs_since(sender, now - w.seconds) for w in windows}
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        """End of DATA. Nothing a client sends may surface as a traceback: input the
+        parser refuses gets its reason (554), anything else unexpected a one-line
+        log entry and a temporary failure without internal details (aiosmtpd would
+        otherwise answer with the exception's text and log its traceback)."""
         tx: Tx | None = getattr(session, "fb_tx", None)
         if tx is None or not tx.state.numbers:
             return replies.S503_NEED_RCPT
+        try:
+            return await self._data(session, envelope, tx)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.error("DATA failed unexpectedly (peer=%s): %s", tx.record.peer,
+                      _one_line(exc))
+            log.debug("DATA failure", exc_info=True)
+            tx.record.ok, tx.record.job_id = False, None
+            tx.record.reply = replies.S451_INTERNAL
+            tx.logged = False
+            self.flush(session)
+            return replies.S451_INTERNAL
+
+    async def _data(self, session: Session, envelope: Envelope, tx: Tx) -> str:
         t0 = time.perf_counter()
         raw: bytes | bytearray = envelope.original_content or envelope.content or b""
         rec = tx.record
@@ -141,16 +176,26 @@ class FaxHandler:
         assert rule is not None  # set with the first accepted recipient
         cfg = self.cfg
         try:
-            ext = await self.cpu.run(extract, raw, cfg.fax.allowed_types, rule.body)
-        except Exception as exc:  # noqa: BLE001 - the parser must never crash a session
-            log.exception("MIME parsing failed")
-            rec.reply = replies.S554_BAD_MIME.format(why=str(exc)[:200])
+            # every header of the mail is parsed in the pool, never on the event loop:
+            # a multi-megabyte To: or Subject: would stall every other session
+            parsed = await self.cpu.run(_parse, raw, cfg.fax.allowed_types, rule.body,
+                                        cfg.fax.default_country)
+        except MimeError as exc:
+            log.warning("mail refused (peer=%s): %s", rec.peer, exc)
+            rec.reply = replies.S554_BAD_MIME.format(why=exc)
             self.flush(session)
             return rec.reply
+        except Exception as exc:  # noqa: BLE001 - the parser must never crash a session
+            # a parser bug, not the client's fault: its text stays in our log
+            log.error("MIME parsing failed (peer=%s): %s", rec.peer, _one_line(exc))
+            log.debug("MIME parsing failure", exc_info=True)
+            rec.reply = replies.S554_BAD_MIME.format(why="its MIME structure is broken")
+            self.flush(session)
+            return rec.reply
+        ext, subject, names = parsed.ext, parsed.subject, parsed.names
         t1 = time.perf_counter()
         rec.timings["parse_ms"] = round((t1 - t0) * 1000, 2)
         rec.message_id = ext.message_id
-        subject = decode_subject(ext.subject)
         rec.subject = subject
         rec.parts = [p.as_dict() for p in ext.parts]
         job_id = new_job_id()
@@ -159,8 +204,6 @@ class FaxHandler:
             rec.reply = decision.reply
             self.flush(session)
             return rec.reply
-        # Display names come from the To/Cc headers (the envelope has none).
-        names = _display_names(raw, cfg.fax.default_country)
         fax = [(num, addr, names.get(num), pretty) for num, addr, pretty in tx.state.numbers]
         header = header_line(subject, cfg.fax.header_template, cfg.fax.header_max_length,
                              sender=envelope.mail_from or "", number=fax[0][3])
@@ -209,6 +252,24 @@ class FaxHandler:
 def _log_failure(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         log.error("could not write SMTP log record: %s", fut.exception())
+
+
+@dataclass
+class Parsed:
+    ext: Extraction
+    subject: str               # decoded, one clean line
+    names: dict[str, str]      # E.164 number → display name from To/Cc
+
+
+def _parse(raw: bytes | bytearray, allowed: tuple[str, ...], body_mode: str,
+           country: str) -> Parsed:
+    """Everything DATA needs from the mail's text, in one call for the parse pool."""
+    ext = extract(raw, allowed, body_mode)
+    return Parsed(ext, decode_subject(ext.subject), _display_names(raw, country))
+
+
+def _one_line(exc: BaseException) -> str:
+    return clean_text(f"{type(exc).__name__}: {exc}", 300)
 
 
 def _display_names(raw: bytes | bytearray, country: str) -> dict[str, str]:

@@ -18,13 +18,36 @@ from faxbridge.mail.compose import ComposeError
 from faxbridge.runtime.config import ConfigProvider
 from faxbridge.runtime.db import Db
 from faxbridge.runtime.wakeups import Wakeups
+from faxbridge.store.new import OUT_STATES
+
+# A list is at most this long: a negative or huge limit would have the store read
+# (and this process serialise) every row at once.
+MAX_LIMIT = 10_000
 
 
-def _int(query: Mapping[str, str], key: str, default: int) -> int:
+def _int(query: Mapping[str, str], key: str, default: int, lo: int = 1,
+         hi: int = MAX_LIMIT) -> int:
     try:
-        return int(query.get(key, default))
+        value = int(query.get(key, default))
     except ValueError:
         raise ops.BadQuery(f"{key}: expected a whole number, got {query[key]!r}") from None
+    if not lo <= value <= hi:
+        raise ops.BadQuery(f"{key}: expected a whole number from {lo} to {hi}, got {value}")
+    return value
+
+
+def _flag(query: Mapping[str, str], key: str) -> bool:
+    value = query.get(key, "0").lower()
+    if value not in ("0", "1", "true", "false", ""):
+        raise ops.BadQuery(f"{key}: expected 1 or 0 (true or false), got {query[key]!r}")
+    return value in ("1", "true")
+
+
+def _state(query: Mapping[str, str]) -> str | None:
+    state = query.get("state") or None
+    if state is not None and state not in OUT_STATES:
+        raise ops.BadQuery(f"state: expected one of {', '.join(OUT_STATES)}, got {state!r}")
+    return state
 
 
 def _since(query: Mapping[str, str]) -> float | None:
@@ -63,7 +86,7 @@ def admin_routes(db: Db, config: ConfigProvider, wakeups: Wakeups,
     async def log_list(request: Request) -> Response:
         q = request.query_params
         return JSONResponse(await db.run(
-            ops.list_log, store(), failed=q.get("failed") == "1", sender=q.get("sender"),
+            ops.list_log, store(), failed=_flag(q, "failed"), sender=q.get("sender"),
             number=q.get("number"), since=_since(q),
             limit=_int(q, "limit", 100)))
 
@@ -75,7 +98,7 @@ def admin_routes(db: Db, config: ConfigProvider, wakeups: Wakeups,
     @endpoint
     async def jobs(request: Request) -> Response:
         q = request.query_params
-        return JSONResponse(await db.run(ops.list_jobs, store(), state=q.get("state"),
+        return JSONResponse(await db.run(ops.list_jobs, store(), state=_state(q),
                                             sender=q.get("sender"),
                                             limit=_int(q, "limit", 100)))
 
@@ -87,7 +110,7 @@ def admin_routes(db: Db, config: ConfigProvider, wakeups: Wakeups,
     @endpoint
     async def release(request: Request) -> Response:
         job_id = request.path_params["id"]
-        force = request.query_params.get("force") in ("1", "true")
+        force = _flag(request.query_params, "force")
         outcome = await db.run(ops.release_job, store(), job_id, by="the admin API",
                                   force=force)
         if not outcome.ok:
