@@ -172,9 +172,7 @@ def admin_routes(db: Db, config: ConfigProvider, wakeups: Wakeups,
     @endpoint
     async def retention(request: Request) -> Response:
         q = request.query_params
-        days = _int(q, "older_than", -1) if "older_than" in q else None
-        if days is not None and days < 0:
-            raise ops.BadQuery("older_than: expected a number of days, 0 or more")
+        days = _int(q, "older_than", 0, lo=0, hi=100_000) if "older_than" in q else None
         return JSONResponse(await db.run(ops.apply_retention, store(), config.current,
                                          days=days))
 
