@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import warnings
 from collections.abc import Iterator
 
@@ -23,6 +24,10 @@ PREVIEW_WIDTH = 600
 # A decompression bomb in a received TIFF must not take the bridge's memory: a fax
 # page at 400 dpi A4 is about 3300 × 4700 pixels, 2 × 10^7 leaves ample room.
 MAX_PIXELS = 20_000_000
+# PDFium is not thread-safe (pypdfium2's documentation: never call it from several
+# threads at once); received faxes are composed in worker threads, reports on the
+# event loop's thread. One lock around every use of it.
+PDFIUM = threading.Lock()
 
 
 def kind_of(content_type: str, name: str, data: bytes) -> str | None:
@@ -75,11 +80,12 @@ def page_count(content_type: str, name: str, data: bytes) -> int | None:
     try:
         kind = kind_of(content_type, name, data)
         if kind == "pdf":
-            pdf = pypdfium2.PdfDocument(data)
-            try:
-                return len(pdf)
-            finally:
-                pdf.close()
+            with PDFIUM:
+                pdf = pypdfium2.PdfDocument(data)
+                try:
+                    return len(pdf)
+                finally:
+                    pdf.close()
         if kind == "tiff":
             return int(getattr(_open_tiff(data), "n_frames", 1))
         if content_type.lower().startswith("image/"):
@@ -110,14 +116,16 @@ def first_page_png(content_type: str, name: str, data: bytes,
     try:
         kind = kind_of(content_type, name, data)
         if kind == "pdf":
-            pdf = pypdfium2.PdfDocument(data)
-            try:
-                page = pdf[0]
-                scale = width / max(1.0, page.get_width())
-                bitmap = page.render(scale=scale, grayscale=True)
-                return _to_png(bitmap.to_pil(), width)
-            finally:
-                pdf.close()
+            with PDFIUM:
+                pdf = pypdfium2.PdfDocument(data)
+                try:
+                    page = pdf[0]
+                    scale = width / max(1.0, page.get_width())
+                    # a copy: the bitmap's memory belongs to PDFium and goes with pdf
+                    image = page.render(scale=scale, grayscale=True).to_pil().copy()
+                finally:
+                    pdf.close()
+            return _to_png(image, width)
         if kind == "tiff":
             frame = next(_tiff_frames(_open_tiff(data)))
             return _to_png(_square(frame)[0], width)
