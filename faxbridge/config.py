@@ -15,6 +15,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -311,6 +312,24 @@ class MailConfig(Model):
     retry_min_seconds: float = Field(default=5.0, gt=0)
     retry_max_seconds: float = Field(default=600.0, gt=0)
     give_up_after_seconds: float = Field(default=5 * 86400, gt=0)
+    # Times in report and received-fax mails are shown in this IANA zone
+    # ("Europe/Berlin"); unset: the host's local time zone.
+    timezone: str | None = None
+    # A received fax that Retarus delivered as TIFF is attached as PDF: every mail
+    # client and phone opens a PDF, many show no multi-page TIFF.
+    tiff_to_pdf: bool = True
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}: expected an IANA name such as "
+                             "'Europe/Berlin' or 'UTC'") from None
+        return value
 
 
 class StorageConfig(Model):

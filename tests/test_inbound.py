@@ -5,18 +5,21 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import io
 import json
 import mailbox
+import re
 from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pypdfium2
 import pytest
+from PIL import Image
 
 from faxbridge.mail.transport import maildir_path
-from faxbridge.simulator.pdf import tiny_pdf
 from faxbridge.store import Store
 from tests.conftest import (
     Proc,
@@ -27,17 +30,20 @@ from tests.conftest import (
     start_simulator,
     wait_for,
 )
+from tests.mailviews import html_text, sample_pdf, sample_tiff
 from tests.relay import Relay
 
-PDF_A = tiny_pdf("first document")
+# three pages, as META says: the mail counts the pages in the document
+PDF_A = sample_pdf(3, "first document")
 META = {"callingNumber": "+4989123456", "calledNumber": "+4930999999",
         "remoteCsid": "ACME FAX", "pages": 3, "receivedTs": "2026-11-22T10:13:00Z"}
 
 
 async def inject(url: str, topic: str = "demo", docs: list[bytes] | None = None,
-                 metadata: dict | None = None, fax_id: str | None = None) -> str:
+                 metadata: dict | None = None, fax_id: str | None = None,
+                 ext: str = "pdf") -> str:
     body: dict = {"topic": topic, "metadata": META if metadata is None else metadata,
-                  "documents": [{"data": base64.b64encode(d).decode(), "extension": "pdf"}
+                  "documents": [{"data": base64.b64encode(d).decode(), "extension": ext}
                                 for d in (docs or [PDF_A])]}
     if fax_id:
         body["id"] = fax_id
@@ -81,11 +87,8 @@ def inbox(data_dir: Path, address: str) -> list[EmailMessage]:
 
 
 def fax_ids(msgs: list[EmailMessage]) -> list[str]:
-    out = []
-    for m in msgs:
-        text = m.get_body(("plain",)).get_content()
-        out.append(text.split("Fax id ", 1)[1].split(" ", 1)[0])
-    return out
+    # the header names the fax for the admin (topic/id), the text does not
+    return [m["X-Faxbridge-Fax"].split("/", 1)[1] for m in msgs]
 
 
 async def settle(pred: Callable[[], Any], store: Store, sim_url: str) -> Any:
@@ -109,7 +112,8 @@ async def test_one_fax_mailed_with_identical_pdf(sim, make_bridge, tmp_path):
     _, url = sim
     fid = await inject(url)
     bridge = await make_bridge(**wired(tmp_path, url, [topic("demo", url,
-                                                             ["fax-inbox@localhost"])]))
+                                                             ["fax-inbox@localhost"])],
+                                       mail={"timezone": "Europe/Berlin"}))
     data_dir = bridge.cfg.storage.data_dir
     msgs = await settle(lambda: inbox(data_dir, "fax-inbox@localhost"), bridge.store, url)
     assert len(msgs) == 1
@@ -117,9 +121,10 @@ async def test_one_fax_mailed_with_identical_pdf(sim, make_bridge, tmp_path):
     assert m["Subject"] == "Fax from +49 89 123456 (3 pages)"
     text = m.get_body(("plain",)).get_content()
     for line in ("From number:   +49 89 123456", "Sender ID:     ACME FAX",
-                 "To number:     +49 30 999999", "Received:      2026-11-22T10:13:00Z",
-                 "Pages:         3", f"Fax id {fid} on topic demo"):
+                 "To number:     +49 30 999999", "Received:      Sun 22 Nov 2026, 11:13 CET",
+                 "Pages:         3"):
         assert line in text
+    assert m["X-Faxbridge-Fax"] == f"demo/{fid}" and fid not in text
     atts = list(m.iter_attachments())
     assert [a.get_filename() for a in atts] == ["fax-+4989123456-202611221013.pdf"]
     assert atts[0].get_content() == PDF_A and atts[0].get_content_type() == "application/pdf"
@@ -176,9 +181,10 @@ async def test_fax_in_two_formats_and_missing_metadata(sim, make_bridge, tmp_pat
                         bridge.store, url)
     assert len(msgs) == 1
     m = msgs[0]
-    assert m["Subject"] == "Fax from unknown sender"
+    # no metadata: the pages are counted in the document itself
+    assert m["Subject"] == "Fax from unknown sender (3 pages)"
     text = m.get_body(("plain",)).get_content()
-    assert "From number:   unknown" in text and "Pages:         unknown" in text
+    assert "From number:   unknown" in text and "Pages:         3" in text
     assert [a.get_content() for a in m.iter_attachments()] == [PDF_A]
 
 
@@ -374,3 +380,88 @@ async def test_restart_finishes_faxes_whose_mail_outcome_was_recorded(sim, make_
     assert fax_ids(inbox(d, "postmaster@localhost")) == [b]
     assert "550 5.1.1 gone" in inbox(d, "postmaster@localhost")[0].get_body(
         ("plain",)).get_content()
+
+
+FAX_PAGE = (1143 / 98) / (1728 / 204)  # height / width of sample_tiff's pages
+
+
+def preview_of(m: EmailMessage) -> Image.Image:
+    """The image the HTML part shows: the part of the multipart/related beside it whose
+    Content-ID the <img src="cid:…"> names, decoded."""
+    html_part = m.get_body(("html",))
+    related = next(p for p in m.walk() if p.get_content_type() == "multipart/related")
+    assert html_part in related.get_payload()
+    cids = re.findall(r'src="cid:([^"]+)"', html_part.get_content())
+    assert len(cids) == 1
+    [image] = [p for p in related.iter_parts() if p.get("Content-ID") == f"<{cids[0]}>"]
+    assert image.get_content_type() == "image/png"
+    return Image.open(io.BytesIO(image.get_content()))
+
+
+def dark_share(img: Image.Image, box: tuple[float, float, float, float]) -> float:
+    """Share of dark pixels in a box given in fractions of the image."""
+    w, h = img.size
+    part = img.convert("L").crop((int(box[0] * w), int(box[1] * h), int(box[2] * w),
+                                  int(box[3] * h)))
+    hist = part.histogram()
+    return sum(hist[:128]) / max(1, sum(hist))
+
+
+async def test_inbound_mail_shows_the_first_page_inline(sim, make_bridge, tmp_path):
+    _, url = sim
+    await inject(url)  # PDF_A: 3 pages, each with a black bar at a fifth of its height
+    bridge = await make_bridge(**wired(tmp_path, url, [topic("demo", url, ["in@example.com"])]))
+    [m] = await settle(lambda: inbox(bridge.cfg.storage.data_dir, "in@example.com"),
+                       bridge.store, url)
+    img = preview_of(m)
+    # small, A4-shaped: the page, not a thumbnail of something else
+    assert img.width == 600 and abs(img.height / img.width - 842 / 595) < 0.02
+    assert dark_share(img, (0.1, 0.2, 0.9, 0.22)) > 0.8       # the bar drawn on the page
+    assert dark_share(img, (0.0, 0.9, 1.0, 1.0)) == 0.0       # its empty bottom margin
+    html = m.get_body(("html",)).get_content()
+    assert 'alt="First page of the fax"' in html and 'width="300"' in html
+    seen = html_text(html)
+    assert "Sender ID: ACME FAX" in seen and "From number: +49 89 123456" in seen
+    assert "You have received a fax of 3 pages." in seen
+    # the PDF is attached as it came, not as an inline part
+    [att] = list(m.iter_attachments())
+    assert att.get_content() == PDF_A and att.get_content_disposition() == "attachment"
+
+
+async def test_tiff_fax_is_attached_as_pdf(sim, make_bridge, tmp_path):
+    _, url = sim
+    tif = sample_tiff(2)
+    fid = await inject(url, docs=[tif], metadata={**META, "pages": 2}, ext="tif")
+    bridge = await make_bridge(**wired(tmp_path, url, [topic("demo", url, ["in@example.com"])]))
+    [m] = await settle(lambda: inbox(bridge.cfg.storage.data_dir, "in@example.com"),
+                       bridge.store, url)
+    [att] = list(m.iter_attachments())
+    assert att.get_content_type() == "application/pdf"
+    assert att.get_filename() == "fax-+4989123456-202611221013.pdf"
+    pdf = pypdfium2.PdfDocument(att.get_content())
+    assert len(pdf) == 2
+    # 204×98 dpi pixels made square: the page's real shape (1728 px / 204 dpi wide,
+    # 1143 px / 98 dpi high: 215 × 296 mm), not one squashed to half its height
+    w, h = pdf[0].get_size()
+    assert abs(h / w - FAX_PAGE) < 0.01
+    text = m.get_body(("plain",)).get_content()
+    assert "It came as a TIFF image and is attached as PDF" in text
+    img = preview_of(m)  # the preview comes from the TIFF, with the same correction
+    assert abs(img.height / img.width - FAX_PAGE) < 0.01
+    assert dark_share(img, (0.1, 0.2, 0.9, 0.208)) > 0.8
+    assert m["Subject"] == "Fax from +49 89 123456 (2 pages)"
+    assert bridge.store.inbound(f"demo/{fid}").state == "delivered"
+
+
+async def test_tiff_kept_as_tiff_when_conversion_is_off(sim, make_bridge, tmp_path):
+    _, url = sim
+    tif = sample_tiff(1)
+    await inject(url, docs=[tif], ext="tif")
+    bridge = await make_bridge(**wired(tmp_path, url, [topic("demo", url, ["in@example.com"])],
+                                       mail={"tiff_to_pdf": False}))
+    [m] = await settle(lambda: inbox(bridge.cfg.storage.data_dir, "in@example.com"),
+                       bridge.store, url)
+    [att] = list(m.iter_attachments())
+    assert att.get_content() == tif and att.get_filename().endswith(".tif")
+    assert "attached as PDF" not in m.get_body(("plain",)).get_content()
+    assert preview_of(m).width == 600  # the preview is there all the same

@@ -102,7 +102,7 @@ def reports(bridge: Any) -> list[email.message.EmailMessage]:
 
 def report_of(bridge: Any, job_id: str) -> email.message.EmailMessage | None:
     for m in reports(bridge):
-        if job_id in m.get_body(("plain",)).get_content():
+        if m["X-Faxbridge-Job"] == job_id:  # the report names its job in a header
             return m
     return None
 

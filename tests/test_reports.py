@@ -77,9 +77,12 @@ async def test_delivered_report_threads_under_the_original(bridge):
     assert msg["In-Reply-To"] == "<orig-1@example.com>" == msg["References"]
     assert msg["To"] == "alice@example.com" and msg["Auto-Submitted"] == "auto-generated"
     text, html = text_and_html(msg)
-    assert "Your fax was delivered (1 page)." in text and "+49 89 123456" in text
-    assert "Status:   OK" in text and t.job_id in text
-    assert "<table" in html and "<td>OK" in html
+    assert "Your fax to +49 89 123456 was delivered." in text
+    assert "Status code:       OK" in text
+    # the job id is for the admin: in a header, not in what people read
+    assert msg["X-Faxbridge-Job"] == t.job_id
+    assert t.job_id not in text and t.job_id not in html
+    assert "<table" in html and ">OK<" in html
     job = bridge.store.job(t.job_id)
     assert job.state == "done"
     rec = bridge.store.job_recipients(t.job_id)[0]
@@ -94,7 +97,8 @@ async def test_busy_report_explains_what_to_do(bridge):
     assert msg["Subject"] == ("Fax to +49 30 1234567 failed: the line was busy on every attempt "
                               "(Invoice 4711)")
     text, _ = text_and_html(msg)
-    assert "Status:   BUSY (Line busy)" in text and "What to do: Try again later" in text
+    assert "Status code:       BUSY (Line busy)" in text
+    assert "What to do: Try again later" in text
     assert bridge.store.job(t.job_id).state == "failed"
 
 
@@ -105,9 +109,10 @@ async def test_mixed_outcomes_two_recipients(bridge):
     msg = await one_report(bridge)
     assert msg["Subject"] == "Fax partly delivered: 1 of 2 recipients: Invoice 4711"
     text, html = text_and_html(msg)
-    assert "It did not reach: +49 30 1234567." in text
+    assert "It did not reach +49 30 1234567." in text
+    assert "send your mail again to that number only" in text
     assert "+49 89 123456 (Jane)" in text and "+49 30 1234567 (Bob)" in text
-    assert "Status:   NOFAX (No fax machine answered)" in text
+    assert "Status code:       NOFAX (No fax machine answered)" in text
     assert "instead of a fax machine" in text
     assert bridge.store.job(t.job_id).state == "done"
 
@@ -116,7 +121,7 @@ async def test_unknown_status_code_shown_as_it_is(bridge):
     await outcome(bridge.sim_url, "+4940*", "WRONG_NUMBER_X")
     await send(bridge.smtp_address, fax_mail("+49401234567@fax.local"))
     text, _ = text_and_html(await one_report(bridge))
-    assert "Status:   WRONG_NUMBER_X" in text and "Fax service status WRONG_NUMBER_X." in text
+    assert "Status code:       WRONG_NUMBER_X" in text and "Fax service status WRONG_NUMBER_X." in text
 
 
 async def test_report_found_only_on_second_datacenter_and_deleted_there(bridge):
@@ -211,9 +216,9 @@ async def test_refused_job_report_quotes_retarus_and_says_fix(bridge):
     msg = await one_report(bridge)
     text, html = text_and_html(msg)
     assert why in text and "HTTP 400" in text
-    assert "fix what the reason names and send your mail again" in text
+    assert "Fix what the reason names and send your mail again" in text
     assert "again later" not in text and "again later" not in html
-    assert "Status:   REFUSED" in text and "the fax service refused the fax" in text
+    assert "Status code:       REFUSED" in text and "the fax service refused the fax" in text
     job = bridge.store.job(t.job_id)
     assert job.state == "failed" and why in job.last_error
 
@@ -229,8 +234,9 @@ async def test_job_not_handed_over_in_time_report_says_later(make_bridge):
     t = await send(bridge.smtp_address, fax_mail())
     msg = await one_report(bridge)
     text, _ = text_and_html(msg)
-    assert "Please send your mail again later" in text and "maintenance" in text
-    assert "fix what the reason names" not in text and "Status:   NOT_SENT" in text
+    assert "Send your mail again later" in text and "maintenance" in text
+    assert "fix what the reason names" not in text.lower()
+    assert "Status code:       NOT_SENT" in text
     assert "could not be handed to the fax service" in text
     assert bridge.store.job(t.job_id).state == "failed"
 
@@ -265,7 +271,7 @@ async def test_broken_override_template_falls_back(make_bridge, tmp_path, caplog
     msg = await one_report(bridge)
     assert msg["Subject"] == "Custom: +49 89 123456 ok"  # the working override is used
     text, _ = text_and_html(msg)
-    assert "Your fax was delivered" in text  # the broken one fell back to the built-in
+    assert "Your fax to +49 89 123456 was delivered." in text  # the broken one fell back to the built-in
     assert "report.delivered.txt.j2 failed" in caplog.text
 
 

@@ -100,3 +100,20 @@ def test_example_config_is_printed_and_passes_the_check(tmp_path):
     (tmp_path / "config.toml").write_text(out.stdout)
     checked = cli("check", "--config", "config.toml", cwd=tmp_path)
     assert checked.returncode == 0 and checked.stdout.startswith("ok"), checked
+
+
+def test_overrides_get_the_filters_and_can_include_the_built_in_partials(tmp_path):
+    """An admin's template may use the filters for people and include the built-in
+    partials; both pass the start-up check and render in mail.timezone."""
+    tdir = tmp_path / "tpl"
+    tdir.mkdir()
+    (tdir / "report.delivered.html.j2").write_text(
+        '{% set title = "Sent" %}{% set color = "#000" %}{% include "_mail_top.html.j2" %}'
+        "<p>{{ sent_at|when|nobr }}, {{ pages|pages }}</p>"
+        '{% include "_mail_bottom.html.j2" %}\n')
+    composer = Composer(tdir, timezone="Asia/Tokyo")
+    assert composer.check() == []
+    html = composer.render("report.delivered.html.j2",
+                           {"sent_at": "2026-11-30T13:05:00Z", "pages": 1})
+    assert ('<span style="white-space:nowrap">Mon\xa030\xa0Nov\xa02026,\xa022:05\xa0JST'
+            '</span>, 1 page') in html

@@ -17,7 +17,7 @@ def cmd_inbox(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
         try:
             done = ops.resend_inbound(store, cfg,
-                                      Composer(cfg.mail.template_dir, cfg.smtp.hostname),
+                                      Composer.for_config(cfg.mail, cfg.smtp.hostname),
                                       args.id, to=args.to)
         except ops.NotFound as exc:
             print(printable(exc))

@@ -5,6 +5,7 @@ received is ever dropped."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -12,6 +13,7 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from faxbridge.intake import numbers
+from faxbridge.mail import pages
 from faxbridge.mail.compose import ComposeError
 from faxbridge.mail.service import MailService
 from faxbridge.runner import Runner
@@ -76,19 +78,51 @@ def attachment_name(fax_id: str, calling: Any, received: Any, original: str, n: 
     return f"fax-{who}-{when or fax_id}{suffix}.{ext}"
 
 
+def fax_documents(composer: Composer, files: list[InboundFile],
+                  ) -> tuple[list[tuple[str, str, bytes]], int | None, bytes | None, bool]:
+    """The fax as people get it: its documents (a TIFF as PDF when the composer's
+    mail.tiff_to_pdf says so), the pages counted in them (None if any is unreadable),
+    a PNG of the first page (None if none can be made), and whether a TIFF was
+    converted."""
+    docs, counts, preview, converted = [], [], None, False
+    for f in files:
+        name, ctype, data = f.name, f.content_type, f.data
+        kind = pages.kind_of(ctype, name, data)
+        if preview is None:
+            preview = pages.first_page_png(ctype, name, data)
+        counts.append(pages.page_count(ctype, name, data))
+        if kind == "tiff" and composer.tiff_to_pdf and (pdf := pages.tiff_to_pdf(data)):
+            name, ctype, data, converted = f"{name.rsplit('.', 1)[0]}.pdf", \
+                "application/pdf", pdf, True
+        docs.append((name, ctype, data))
+    # several files of one fax are its pages split up; one unreadable file: no count
+    total = sum(n for n in counts if n) if counts and None not in counts else None
+    return docs, total, preview, converted
+
+
 def compose_fax_mail(composer: Composer, mail_from: str, row: InboundFax,
                      files: list[InboundFile], to: list[str], note: str | None = None) -> bytes:
     meta = json.loads(row.metadata_json)
-    calling, received = meta_value(meta, "calling"), meta_value(meta, "received")
-    pages = meta_value(meta, "pages")
-    ctx = {"fax_id": row.fax_id or row.id, "topic": row.topic,
+    calling = meta_value(meta, "calling")
+    # the time Retarus received it; the time we fetched it when Retarus says nothing
+    received = meta_value(meta, "received") or row.created
+    docs, counted, preview, converted = fax_documents(composer, files)
+    # the pages in the document are what the reader gets; the metadata's count
+    # (its field is a guess, docs/retarus-wire.md §3) only when they cannot be counted
+    pages_ = counted or meta_value(meta, "pages")
+    fax_id = row.fax_id or row.id
+    attachments = [(attachment_name(fax_id, calling, meta_value(meta, "received"), name, i),
+                    ctype, data) for i, (name, ctype, data) in enumerate(docs)]
+    ctx = {"fax_id": fax_id, "topic": row.topic,
            "calling": pretty(calling), "called": pretty(meta_value(meta, "called")),
-           "csid": meta_value(meta, "csid"), "pages": pages, "received": received,
-           "files": [f.name for f in files], "note": note}
-    attachments = [(attachment_name(ctx["fax_id"], calling, received, f.name, i),
-                    f.content_type, f.data) for i, f in enumerate(files)]
+           "csid": meta_value(meta, "csid"), "pages": pages_, "received": received,
+           "files": [f.name for f in files], "attachments": [a[0] for a in attachments],
+           "converted": converted, "preview": preview is not None, "note": note}
     msg = composer.compose("inbound.fax", ctx, mail_from=mail_from, to=to,
-                           attachments=attachments)
+                           attachments=attachments,
+                           inline={"preview": ("image/png", preview)} if preview else None,
+                           # for the admin (faxbridge inbox), kept out of the text
+                           headers={"X-Faxbridge-Fax": row.id})
     return msg.as_bytes()
 
 
@@ -109,8 +143,10 @@ class FaxMail:
             note = " ".join(filter(None, (note, gone))) or None
         files = await self.db.run(store.inbound_files, row.id)
         try:
-            raw = compose_fax_mail(self.mail.composer, cfg.mail.from_address, row, files, to,
-                                   note)
+            # in a thread: the preview and a TIFF's conversion take tens of ms of CPU,
+            # which the event loop (SMTP sessions, polls) must not wait for
+            raw = await asyncio.to_thread(compose_fax_mail, self.mail.composer,
+                                          cfg.mail.from_address, row, files, to, note)
         except ComposeError as exc:
             self.health.metrics.compose_failed("inbound", str(exc))
             raise

@@ -10,9 +10,9 @@ from faxbridge.mail.transport import Transport, make_transport
 
 class MailService:
     def __init__(self, cfg: Config) -> None:
-        self.composer = Composer(cfg.mail.template_dir, cfg.smtp.hostname)
+        self.composer = Composer.for_config(cfg.mail, cfg.smtp.hostname)
         self.transport: Transport = make_transport(cfg.mail, cfg.storage.data_dir)
 
     def rebuild(self, cfg: Config) -> None:
-        self.composer = Composer(cfg.mail.template_dir, cfg.smtp.hostname)
+        self.composer = Composer.for_config(cfg.mail, cfg.smtp.hostname)
         self.transport = make_transport(cfg.mail, cfg.storage.data_dir)

@@ -69,10 +69,9 @@ class Finisher:
         event = event_for(results, submitted)
         mail = None
         if wanted(job.notify, event):
-            docs: list[tuple[str, str, bytes]] = []
-            if job.attach_documents:
-                docs = [(d.name, d.content_type, d.data)
-                        for d in await self.db.run(store.job_documents, job.id)]
+            # listed in every report (what was faxed), attached only if the rule says so
+            docs = [(d.name, d.content_type, d.data)
+                    for d in await self.db.run(store.job_documents, job.id)]
             try:
                 raw = self._report(job, results, event, pages=pages, error=error,
                                    documents=docs)
@@ -111,7 +110,8 @@ class Finisher:
         try:
             return build_report(self.mail.composer, job, results, event,
                                 mail_from=self.config.current.mail.from_address,
-                                pages=pages, error=error, documents=documents)
+                                pages=pages, error=error, documents=documents,
+                                attach=bool(job.attach_documents))
         except ComposeError:
             raise
         except Exception as exc:  # noqa: BLE001 - the caller holds the job or retries
