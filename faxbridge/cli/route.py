@@ -8,17 +8,22 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from faxbridge import config as config_mod
 from faxbridge.cli.common import load_config, print_json, with_config
+
+if TYPE_CHECKING:
+    from faxbridge.intake.accept import Limit
 
 
 def cmd_route(args: argparse.Namespace) -> int:
     from faxbridge.intake.accept import simulate
     cfg = load_config(args.config)
-    counts, source = _rate_counts(cfg, args)
-    route = simulate(cfg, peer=args.peer, sender=args.sender, recipients=args.to,
-                     user=args.user, tls=args.tls, counts=counts)
+    with _RateCounts(cfg, args) as counter:
+        route = simulate(cfg, peer=args.peer, sender=args.sender, recipients=args.to,
+                         user=args.user, tls=args.tls, count=counter.count)
+        source = counter.summary()
     out = {"from": args.sender, "to": args.to[0] if len(args.to) == 1 else args.to,
            "rate_counts": source, **route.as_dict()}
     if args.json:
@@ -31,24 +36,37 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0 if route.ok else 1
 
 
-def _rate_counts(cfg: config_mod.Config, args: argparse.Namespace) -> tuple[dict[str, int], str]:
-    """The sender's faxes in the last hour and day, from the store when there is one
-    (the listener counts the same rows); else zero, and the output says so."""
-    from faxbridge.intake.accept import WINDOWS, envelope_address
-    from faxbridge.store import open_store
-    data_dir = Path(args.data_dir) if args.data_dir else cfg.storage.data_dir
-    db = data_dir / "faxbridge.sqlite3"
-    if not db.exists():
-        return {}, f"no store at {db}: counted as 0 faxes"
-    store = open_store(db)
-    try:
-        now, sender = time.time(), (envelope_address(args.sender) or "").lower()
-        counts = {label: store.count_jobs_since(sender, now - seconds)
-                  for label, seconds in WINDOWS}
-    finally:
-        store.close()
-    return counts, (f"counted in {db}: {counts['hour']} fax(es) in the last hour, "
-                    f"{counts['day']} in the last day")
+class _RateCounts:
+    """The faxes each rate limit counts, from the store when there is one (the
+    listener counts the same rows); else zero, and the output says so."""
+
+    def __init__(self, cfg: config_mod.Config, args: argparse.Namespace) -> None:
+        data_dir = Path(args.data_dir) if args.data_dir else cfg.storage.data_dir
+        self.path = data_dir / "faxbridge.sqlite3"
+        self.store: Any = None
+        self.seen: list[str] = []
+
+    def __enter__(self) -> _RateCounts:
+        from faxbridge.store import open_store
+        if self.path.exists():
+            self.store = open_store(self.path)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    def count(self, limit: Limit) -> int:
+        n = 0
+        if self.store is not None:
+            n = self.store.count_faxes_since(limit.scope, limit.key, time.time() - limit.seconds)
+        self.seen.append(f"{n} fax(es) in the last {limit.label} {limit.describe()}")
+        return n
+
+    def summary(self) -> str:
+        if self.store is None:
+            return f"no store at {self.path}: counted as 0 faxes"
+        return f"counted in {self.path}: " + ("; ".join(self.seen) or "no limit applies")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,9 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--from", dest="sender", required=True, metavar="ADDR")
     s.add_argument("--to", required=True, action="append", metavar="ADDR",
                    help="recipient (repeat for several, in RCPT order)")
-    s.add_argument("--user", help="SMTP AUTH user (as if logged in with the right password)")
+    s.add_argument("--user", help="SMTP AUTH user (as if logged in with the right password): "
+                   "its rule and its addresses decide, as in the listener")
     s.add_argument("--peer", default="127.0.0.1", help="client IP (default 127.0.0.1)")
     s.add_argument("--tls", action="store_true", help="the client did STARTTLS")
-    s.add_argument("--data-dir", help="where to count the sender's faxes for rate limits")
+    s.add_argument("--data-dir", help="where to count faxes for rate limits (per sender, client, number)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_route)

@@ -57,6 +57,6 @@ def build_report(composer: Composer, job: Job, recipients: list[dict[str, Any]],
         "target": rows[0]["number"] if len(rows) == 1 else f"{len(rows)} recipients",
         "documents": [name for name, _, _ in documents],
     }
-    msg = composer.compose(f"report.{event}", ctx, mail_from=mail_from, to=[job.sender],
+    msg = composer.compose(f"report.{event}", ctx, mail_from=mail_from, to=[job.report_address],
                            in_reply_to=job.message_id, attachments=list(documents))
     return msg.as_bytes()

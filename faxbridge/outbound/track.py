@@ -85,7 +85,7 @@ class Finisher:
                 return await self._hold(job, results, event, source, exc,
                                         error=error, datacenter=datacenter, expect=expect)
             metrics.mail_ok("compose", "report")
-            mail = (cfg.mail.from_address, [job.sender], raw)
+            mail = (cfg.mail.from_address, [job.report_address], raw)
         state = "done" if event in ("delivered", "partial") else "failed"
         summary = ", ".join(f"{r['number']} {r['status'] or '-'}" for r in results)
         changed = await self.db.run(store.finish_job, job.id, state, event=state,

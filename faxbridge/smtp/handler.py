@@ -24,6 +24,7 @@ from faxbridge.intake.numbers import parse_number, split_address
 from faxbridge.intake.slim import header_block
 from faxbridge.intake.subject import decode_subject, header_line
 from faxbridge.outbound.request import fax_options
+from faxbridge.smtp.inflight import InFlight
 from faxbridge.store.new import NewDocument, NewJob, NewRecipient, SmtpLogRecord, new_job_id
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("faxbridge.smtp")
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: InFlight holds faxes per transaction
 class Tx:
     """One SMTP transaction: what it accepted so far, and its log record."""
 
@@ -51,6 +52,9 @@ class FaxHandler:
                  committer: GroupCommitter, metrics: Metrics, wakeups: Wakeups) -> None:
         self.config, self.db, self.cpu, self.committer = config, db, cpu, committer
         self.metrics, self.wakeups = metrics, wakeups
+        # accepted recipients of unfinished transactions, so rate limits hold
+        # across concurrent sessions
+        self.inflight = InFlight()
 
     @property
     def cfg(self):  # noqa: ANN201 - always the current config (live reload)
@@ -71,7 +75,10 @@ class FaxHandler:
     def flush(self, session: Session, reply: str | None = None) -> None:
         """Write the log record of an unfinished transaction (RSET, QUIT, drop)."""
         tx: Tx | None = getattr(session, "fb_tx", None)
-        if tx is None or tx.logged:
+        if tx is None:
+            return
+        self.inflight.release(tx)  # no job (or already committed): nothing to hold
+        if tx.logged:
             return
         tx.logged = True
         refused = [r["reply"] for r in tx.record.recipients
@@ -91,6 +98,7 @@ class FaxHandler:
         self.flush(session, "(transaction abandoned)")
         tx = self._new_tx(session, address)
         decision = accept.mail(self.cfg, tx.state.client, address)
+        tx.state.report_to = decision.report_to
         if not decision.accepted:
             tx.record.reply = decision.reply
             self.flush(session)
@@ -106,9 +114,11 @@ class FaxHandler:
         cfg = self.cfg
         decision = accept.recipient(cfg, tx.state, address)
         if decision.pending:
-            counts = await self.db.run(self._counts, tx.state.sender.lower(),
-                                          decision.pending)
+            counts = await self._counts(tx, decision.pending)
+            # no await from here to the hold: no other session counts in between
             decision = accept.recipient(cfg, tx.state, address, counts)
+        if decision.accepted and not decision.duplicate:
+            self.inflight.hold(tx, decision.keys)
         tx.state.record(address, decision)
         entry: dict[str, Any] = {"address": address}
         if decision.number:
@@ -124,10 +134,28 @@ class FaxHandler:
             envelope.rcpt_options.extend(rcpt_options)
         return decision.reply
 
-    def _counts(self, sender: str, windows: tuple[accept.Window, ...]) -> dict[str, int]:
+    async def _counts(self, tx: Tx, limits: tuple[accept.Limit, ...]) -> dict[
+            tuple[str, str, str], int]:
+        """Other transactions' faxes under each limit: committed in the store plus
+        held by unfinished sessions (see smtp.inflight)."""
+        keys = {(lim.scope, lim.key) for lim in limits}
+        for attempt in range(3):
+            mark = self.inflight.begin_read(keys)
+            try:
+                stored = await self.db.run(self._stored_counts, limits)
+            finally:
+                racing = self.inflight.end_read(mark)
+            if not any(racing.values()) or attempt == 2:
+                break  # else a commit landed during the read: read again
+        return {lim.id: stored[lim.id] + racing[(lim.scope, lim.key)]
+                + self.inflight.others(tx, (lim.scope, lim.key)) for lim in limits}
+
+    def _stored_counts(self, limits: tuple[accept.Limit, ...]) -> dict[
+            tuple[str, str, str], int]:
         store = self.db.store
         now = time.time()
-        return {w.label: store.count_jobs_since(sender, now - w.seconds) for w in windows}
+        return {lim.id: store.count_faxes_since(lim.scope, lim.key, now - lim.seconds)
+                for lim in limits}
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         tx: Tx | None = getattr(session, "fb_tx", None)
@@ -174,7 +202,8 @@ class FaxHandler:
             raw=raw,
             deadline=now + cfg.fax.submit_deadline_seconds,
             valid_until=now + cfg.fax.job_valid_seconds,
-            auth_user=getattr(session, "fb_user", None),
+            auth_user=tx.state.client.auth_user, peer=rec.peer,
+            report_to=tx.state.report_to,
             message_id=ext.message_id, subject=subject, rule=rule.name, header=header,
             notify=rule.notify, attach_documents=rule.attach_documents, id=job_id)
         rec.reply = decision.reply
@@ -183,6 +212,8 @@ class FaxHandler:
                                                       * 1000, 2)
         try:
             await self.committer.commit(job, rec)
+            # the store counts this job's faxes now
+            self.inflight.release(tx, committed=True)
         except StoreError as exc:
             log.error("store failure, answering 451: %s", exc)
             rec.ok, rec.job_id = False, None

@@ -209,10 +209,25 @@ class SqliteJobs:
             "SELECT COUNT(*) FROM jobs WHERE sender=? AND created>=?", (sender, since))
         return int(rows[0][0])
 
+    def count_faxes_since(self, scope: str, key: str, since: float) -> int:
+        """Faxes (job recipients) accepted since `since` for a rate limit's key:
+        scope 'user' (authenticated user), 'sender' (envelope sender), 'client'
+        (client IP address) or 'number' (E.164 recipient number)."""
+        where = _FAX_SCOPES[scope]
+        rows = self.db.query(
+            "SELECT COUNT(*) FROM job_recipients r JOIN jobs j ON j.id = r.job_id "
+            f"WHERE {where}=? AND j.created>=?", (key, since))
+        return int(rows[0][0])
+
     def job_state_counts(self) -> dict[str, int]:
         """How many jobs are in each state (states without jobs are left out)."""
         return {r[0]: int(r[1]) for r in self.db.query(
             "SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+
+
+# a rate limit's scope → the column it counts by (a fixed table: never client text)
+_FAX_SCOPES = {"user": "j.auth_user", "sender": "j.sender", "client": "j.peer",
+               "number": "r.number"}
 
 
 def _insert_job(c: sqlite3.Connection, job: NewJob, log: SmtpLogRecord | None,
@@ -220,10 +235,11 @@ def _insert_job(c: sqlite3.Connection, job: NewJob, log: SmtpLogRecord | None,
     c.execute(
         "INSERT INTO jobs (id,state,created,updated,sender,auth_user,message_id,"
         "subject,rule,header,options_json,deadline,valid_until,notify,"
-        "attach_documents) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "attach_documents,peer,report_to) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (job.id, "queued", now, now, job.sender, job.auth_user, job.message_id,
          job.subject, job.rule, job.header, json.dumps(job.options),
-         job.deadline, job.valid_until, job.notify, int(job.attach_documents)))
+         job.deadline, job.valid_until, job.notify, int(job.attach_documents),
+         job.peer, job.report_to))
     rowid = c.execute("INSERT INTO job_messages (job_id, raw) VALUES (?, zeroblob(?))",
                       (job.id, len(job.raw))).lastrowid
     write_blob(c, "job_messages", "raw", rowid, job.raw)
@@ -239,7 +255,10 @@ def _insert_job(c: sqlite3.Connection, job: NewJob, log: SmtpLogRecord | None,
             (job.id, i, d.name, d.content_type, d.charset, len(d.data))).lastrowid
         write_blob(c, "job_documents", "data", rowid, d.data)
     insert_event(c, job.id, "accepted",
-                 f"from {job.sender}, {len(job.recipients)} recipient(s), "
+                 f"from {job.sender}"
+                 + (f" (user {job.auth_user}, reports to {job.report_to})"
+                    if job.report_to else "")
+                 + f", {len(job.recipients)} recipient(s), "
                  f"{len(job.documents)} document(s), rule {job.rule}")
     if log is not None:
         log.job_id = job.id
