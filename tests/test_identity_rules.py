@@ -39,7 +39,7 @@ def test_sender_login():
     report, why = sender_login(scanner, "boss@example.com")
     assert report is None and "not an address of user scanner" in why
     assert sender_login(USERS[2], "bare@example.com") == (
-        None, "bare@example.com is not an address of user bare (its addresses: "
+        None, "bare@example.com is not an address of user bare (it may use: "
               "none configured)")
 
 

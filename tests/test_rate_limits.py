@@ -9,6 +9,7 @@ one fax."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,8 @@ async def test_an_abandoned_transaction_gives_its_hold_back(make_bridge):
     assert (await c.rcpt(NUMBER)).startswith("450 4.7.1")
     assert (await a.cmd("RSET")).startswith("250")
     b.w.close()  # dropped without QUIT
+    with contextlib.suppress(ConnectionError):
+        await b.w.wait_closed()
     await wait_for(lambda: bridge.handler.inflight.holding() == 0)
     assert (await c.rcpt(NUMBER)).startswith("250")
     await c.close()

@@ -74,7 +74,7 @@ def sender_login(user: SmtpUser, sender: str) -> tuple[str | None, str]:
             return user.addresses[0], (f"user {user.name} may send as {address} (send_as "
                                        f"{pat}); reports go to {user.addresses[0]}")
     owned = ", ".join((*user.addresses, *user.send_as)) or "none configured"
-    return None, f"{address} is not an address of user {user.name} (its addresses: {owned})"
+    return None, f"{address} is not an address of user {user.name} (it may use: {owned})"
 
 
 def in_networks(ip: str | None, networks: tuple[str, ...]) -> bool:
