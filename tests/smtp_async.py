@@ -19,6 +19,15 @@ class Session:
                    login: tuple[str, str] | None = None) -> Session:
         host, _, port = address.rpartition(":")
         s = cls(*await asyncio.open_connection(host, int(port), local_addr=(source, 0)))
+        try:
+            await s._start(tls, login)
+        except BaseException:
+            s.w.close()  # no transport left open behind a failed assertion
+            raise
+        return s
+
+    async def _start(self, tls: bool, login: tuple[str, str] | None) -> None:
+        s = self
         assert (await s.reply()).startswith("220")
         assert (await s.cmd("EHLO client.example")).startswith("250")
         if tls:
@@ -31,7 +40,6 @@ class Session:
             blob = base64.b64encode(f"\0{login[0]}\0{login[1]}".encode()).decode()
             reply = await s.cmd(f"AUTH PLAIN {blob}")
             assert reply.startswith("235"), reply
-        return s
 
     async def reply(self) -> str:
         lines = []
