@@ -41,6 +41,7 @@ from faxbridge.runner import Runner
 from faxbridge.runtime.config import ConfigProvider
 from faxbridge.runtime.db import Db, Offload
 from faxbridge.runtime.health import Health
+from faxbridge.runtime.inflight import InFlight
 from faxbridge.runtime.wakeups import Wakeups
 from faxbridge.simulator.app import SimState, build_app
 from faxbridge.smtp.handler import FaxHandler
@@ -93,6 +94,9 @@ class Bridge:
         self.config = ConfigProvider(cfg)
         self.health = Health(metrics=Metrics())
         self.wakeups = Wakeups()
+        # faxes accepted but not yet committed, counted by every rate limit: the SMTP
+        # listener's transactions and the Faxes API's requests alike
+        self.inflight = InFlight()
         self.mail = MailService(cfg)
         self.db: Db | None = None
         self.retarus: RetarusClients | None = None
@@ -200,7 +204,7 @@ class Bridge:
         await self.http_server.start()
         self.retarus.webhook_url = self._webhook_base() + PUSH_PATH
         self.handler = FaxHandler(self.config, db, self.cpu, self.committer,
-                                  self.health.metrics, self.wakeups)
+                                  self.health.metrics, self.wakeups, self.inflight)
         self.smtp_server, self.health.smtp_address = await self._start_smtp()
         self._start_runners()
 
@@ -209,7 +213,7 @@ class Bridge:
         assert self.committer is not None
         admin = admin_routes(self.db, self.config, self.wakeups, self.fax_mail) + \
             dashboard_routes(self.db, self.config, self.health, self.wakeups, self.fax_mail)
-        creator = FaxCreator(self.db, self.cpu, self.committer, self.wakeups)
+        creator = FaxCreator(self.db, self.cpu, self.committer, self.wakeups, self.inflight)
         api = faxes_routes(self.db, self.config, creator)
         return build_web_app(self.db, self.config, self.health, self.retarus, self.finisher,
                              [*admin, *api], push=self.push_server is None)

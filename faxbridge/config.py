@@ -113,10 +113,44 @@ class Secret(Model):
         return None
 
 
+def _user_address(value: str) -> str:
+    if re.fullmatch(r"[^@\s*?]+@[^@\s*?]+", value):
+        return value.lower()
+    raise ValueError(f"expected an address ('scanner@example.com'), got {value!r}")
+
+
+def _send_as_pattern(value: str) -> str:
+    if value == "*" or re.fullmatch(r"[^@\s]+@[^@\s]+", value):
+        return value.lower()
+    raise ValueError("expected an address ('a@example.com'), a domain pattern "
+                     f"('*@example.com') or '*', got {value!r}")
+
+
+UserAddress = Annotated[str, AfterValidator(_user_address)]
+SendAsPattern = Annotated[str, AfterValidator(_send_as_pattern)]
+
+
 class SmtpUser(Model):
     name: str
     # Hash produced by `faxbridge hash-password` (pbkdf2_sha256$iterations$salt$hash).
     password_hash: str = Field(pattern=r"^pbkdf2_sha256\$\d+\$[0-9a-f]+\$[0-9a-f]+$")
+    # Identity, not claims (Postfix's smtpd_sender_login_maps): the user's own
+    # mailboxes. MAIL FROM must be one of them or match send_as; reports go to MAIL
+    # FROM when it is one of them, else to the first.
+    addresses: tuple[UserAddress, ...] = ()
+    # Further MAIL FROM addresses the user may use without owning them (a scanner
+    # that writes scan@copier.example): their reports go to addresses[0].
+    send_as: tuple[SendAsPattern, ...] = ()
+    # The sender rule this user's faxes go by, whatever MAIL FROM says. Without it,
+    # the first rule that names the user ('user:NAME' in its match) applies.
+    rule: str | None = None
+
+    @model_validator(mode="after")
+    def _report_address(self) -> SmtpUser:
+        if self.send_as and not self.addresses:
+            raise ValueError("send_as needs addresses: the reports of mails sent as "
+                             "another address go to the user's first address")
+        return self
 
 
 class SmtpConfig(Model):
@@ -260,18 +294,42 @@ class SenderOptions(Model):
     cover_page_template: str | None = None
 
 
+# Number types a rule can refuse (phonenumbers' types, plus the global
+# satellite and international-network country codes, which libphonenumber types as
+# mobile or not at all).
+NUMBER_TYPES = ("premium_rate", "shared_cost", "satellite", "international_network",
+                "personal_number", "uan", "voip", "pager", "voicemail", "toll_free",
+                "mobile", "fixed_line", "fixed_line_or_mobile", "unknown")
+NumberType = Literal["premium_rate", "shared_cost", "satellite", "international_network",
+                     "personal_number", "uan", "voip", "pager", "voicemail", "toll_free",
+                     "mobile", "fixed_line", "fixed_line_or_mobile", "unknown"]
+# Costly destinations a fax gateway is abused for (toll fraud): refused by type for
+# every country, from libphonenumber's metadata, not a hand-kept prefix list.
+DEFAULT_REFUSED_TYPES: tuple[NumberType, ...] = ("premium_rate", "shared_cost", "satellite",
+                                                 "international_network")
+# What a rate limit counts faxes by: the sender (the authenticated user, else MAIL
+# FROM), the client's IP address, the recipient number.
+RateScope = Literal["sender", "client", "number"]
+
+
 class SenderRule(Model):
     name: str = Field(min_length=1)
     # Who: exact address, '*@domain', 'user:NAME' (SMTP AUTH), 'net:CIDR', or '*'.
     match: tuple[SenderPattern, ...] = Field(min_length=1)
     allow: tuple[NumberPattern, ...] = ("+*",)
     deny: tuple[NumberPattern, ...] = ("+49900*", "+1900*")
+    refuse_number_types: tuple[NumberType, ...] = DEFAULT_REFUSED_TYPES
     billing_code: str | None = Field(default=None, max_length=80)
     body: Literal["first", "ignore"] = "first"
     notify: Literal["always", "failure", "never"] = "always"
     attach_documents: bool = False
     max_per_hour: int | None = Field(default=None, gt=0)
     max_per_day: int | None = Field(default=None, gt=0)
+    # Each limit holds per sender, per client address and per recipient number (each
+    # counted over all faxes); a relay that sends for many users from one address
+    # drops "client".
+    rate_limit_by: tuple[RateScope, ...] = Field(default=("sender", "client", "number"),
+                                                 min_length=1)
     options: SenderOptions = SenderOptions()
 
 
@@ -419,6 +477,15 @@ class Config(Model):
                 if item.name in seen:
                     raise ValueError(f"{what}[{i}].name: duplicate name {item.name!r}")
                 seen.add(item.name)
+        rules = [r.name for r in self.senders]
+        users: set[str] = set()
+        for i, user in enumerate(self.smtp.users):
+            if user.name in users:
+                raise ValueError(f"smtp.users[{i}].name: duplicate user {user.name!r}")
+            users.add(user.name)
+            if user.rule is not None and user.rule not in rules:
+                raise ValueError(f"smtp.users[{i}].rule: no sender rule named {user.rule!r} "
+                                 f"(senders: {', '.join(rules) or 'none'})")
         return self
 
     def send_url(self, sim_base: str | None = None) -> str:
@@ -479,7 +546,10 @@ def _problems(exc: ValidationError) -> list[str]:
             msg = "required key is missing"
         elif "input" in err and err["type"] not in ("value_error",):
             msg = f"{msg} (got {err['input']!r})"
-        problems.append(f"{path}: {msg}")
+        if not err["loc"] and re.match(r"[\w.\[\]]+: ", msg):
+            problems.append(msg)  # a check across sections names its own key path
+        else:
+            problems.append(f"{path}: {msg}")
     return problems
 
 

@@ -179,26 +179,40 @@ def log_record(store: Store, log_id: int) -> dict[str, Any] | None:
 
 
 # ------------------------------------------------------------------ routing and figures
-def rate_counts(store: Store, sender: str, now: float | None = None) -> dict[str, int]:
-    """The sender's faxes in each rate window (hour, day): the rows the listener counts."""
-    from faxbridge.intake.accept import WINDOWS, envelope_address
-    now = time.time() if now is None else now
-    address = (envelope_address(sender) or "").lower()
-    return {label: store.count_jobs_since(address, now - seconds) for label, seconds in WINDOWS}
+class RateCounter:
+    """The faxes each rate limit counts, read from the store as the listener reads
+    them (runtime.inflight.stored_counts), remembering what it counted so that the
+    answer can say so. `faxbridge route` and the dashboard's route form count so.
+    Without a store every limit counts 0, and the summary says that."""
+
+    def __init__(self, store: Store | None, where: str = "the store") -> None:
+        self.store, self.where = store, where
+        self.seen: list[str] = []
+
+    def count(self, limit: Any) -> int:
+        from faxbridge.runtime.inflight import stored_counts
+        n = stored_counts(self.store, [limit])[limit.id] if self.store is not None else 0
+        self.seen.append(f"{n} fax(es) in the last {limit.label} {limit.describe()}")
+        return n
+
+    def summary(self) -> str:
+        if self.store is None:
+            return f"no store at {self.where}: counted as 0 faxes"
+        return f"counted in {self.where}: " + ("; ".join(self.seen) or "no limit applies")
 
 
 def explain_route(cfg: Config, store: Store | None, *, sender: str, recipients: list[str],
                   peer: str | None = "127.0.0.1", user: str | None = None,
-                  tls: bool = False) -> dict[str, Any]:
+                  tls: bool = False, where: str = "the store") -> dict[str, Any]:
     """What the SMTP listener would answer this transaction now, step by step: the
-    accept path's own run (`intake.accept.simulate`), with the sender's rate counts
-    from the store when there is one. `faxbridge route` and the dashboard show this."""
+    accept path's own run (`intake.accept.simulate`), with the rate limits counted
+    in the store when there is one. `faxbridge route` and the dashboard show this."""
     from faxbridge.intake.accept import simulate
-    counts = rate_counts(store, sender) if store is not None else None
+    counter = RateCounter(store, where)
     route = simulate(cfg, peer=peer, sender=sender, recipients=recipients, user=user, tls=tls,
-                     counts=counts)
-    return {"from": sender, "to": list(recipients), "rate_counts": counts, "ok": route.ok,
-            **route.as_dict()}
+                     count=counter.count)
+    return {"from": sender, "to": list(recipients), "rate_counts": counter.summary(),
+            "ok": route.ok, "route": route, **route.as_dict()}
 
 
 def figures(store: Store) -> dict[str, Any]:

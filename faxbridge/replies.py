@@ -6,8 +6,12 @@ from __future__ import annotations
 S250_QUEUED = "250 2.0.0 Queued as {job_id}: fax to {numbers}"
 S250_SENDER_OK = "250 2.1.0 Sender OK"
 S250_RCPT_OK = "250 2.1.5 Fax number {number} OK"
-S450_RATE = ("450 4.7.1 Rate limit of rule '{rule}' reached ({count} faxes in the last {window});"
-             " try again later")
+_RATE = ("4.7.1 Rate limit of rule '{rule}' reached ({count} faxes in the last {window}) "
+         "{scope} (max_per_{window} {limit}); ")
+# 450: earlier mails used the limit up; 452: this mail's own recipients did (RFC 5321
+# §4.5.3.1.10: the client sends the recipients refused with 452 in a later mail)
+S450_RATE = "450 " + _RATE + "try again later"
+S452_RATE = "452 " + _RATE + "send to the other recipients later"
 S451_STORE = "451 4.3.0 Temporary failure storing your fax; nothing was queued, try again later"
 # an unexpected error at end of DATA: no internal details go to the client
 S451_INTERNAL = "451 4.3.0 Local error while processing your fax; nothing was queued, try again later"
@@ -26,6 +30,10 @@ S550_RELAY = ("550 5.7.1 Relaying denied: {domain} is not a fax domain of this s
               "(fax domains: {domains})")
 S550_NULL_SENDER = "550 5.7.1 The null sender <> cannot send faxes"
 S550_SENDER = "550 5.7.1 Sender {sender} is not allowed to send faxes (no sender rule matches)"
+S553_SENDER_LOGIN = ("553 5.7.1 <{sender}>: Sender address rejected: not owned by user {user} "
+                     "(smtp.users addresses / send_as)")
+S550_USER_NO_RULE = ("550 5.7.1 User {user} is not allowed to send faxes (no sender rule for "
+                     "this user: smtp.users rule, or 'user:{user}' in a rule's match)")
 S550_DEST = "550 5.7.1 Fax number {number} is blocked by rule '{rule}': {why}"
 S553_NUMBER = "553 5.1.3 Bad fax number in <{address}>: {why}"
 S554_NOTHING = "554 5.6.1 Nothing to fax in this mail: {why}"

@@ -147,7 +147,9 @@ async def test_auth_after_starttls_and_user_rule(make_bridge, tmp_path):
     cert = ca.issue_cert("127.0.0.1")
     cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    users = [SmtpUser(name="scanner", password_hash=hash_password("s3cret", 1000)).model_dump()]
+    # the user may send as the scanner's address (its MAIL FROM must be the user's)
+    users = [SmtpUser(name="scanner", password_hash=hash_password("s3cret", 1000),
+                      addresses=("scan@copier.example",)).model_dump()]
     bridge = await make_bridge(
         smtp={"trusted_networks": [], "users": users, "tls_cert": tmp_path / "cert.pem",
               "tls_key": tmp_path / "key.pem"},

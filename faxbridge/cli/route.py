@@ -8,44 +8,34 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from faxbridge import config as config_mod
 from faxbridge.cli.common import load_config, print_json, with_config
 
 
 def cmd_route(args: argparse.Namespace) -> int:
-    from faxbridge.intake.accept import simulate
+    from faxbridge.operations import explain_route
+    from faxbridge.store import open_store
     cfg = load_config(args.config)
-    counts, source = _rate_counts(cfg, args)
-    route = simulate(cfg, peer=args.peer, sender=args.sender, recipients=args.to,
-                     user=args.user, tls=args.tls, counts=counts)
-    out = {"from": args.sender, "to": args.to[0] if len(args.to) == 1 else args.to,
-           "rate_counts": source, **route.as_dict()}
+    data_dir = Path(args.data_dir) if args.data_dir else cfg.storage.data_dir
+    path = data_dir / "faxbridge.sqlite3"
+    # the store the listener counts in, when there is one (the dashboard's route
+    # form runs the same explain_route on the running bridge's store)
+    store = open_store(path) if path.exists() else None
+    try:
+        out = explain_route(cfg, store, sender=args.sender, recipients=args.to,
+                            peer=args.peer, user=args.user, tls=args.tls, where=str(path))
+    finally:
+        if store is not None:
+            store.close()
+    route = out.pop("route")
+    out["to"] = args.to[0] if len(args.to) == 1 else args.to
     if args.json:
         print_json(out)
     else:
-        print(f"  rate limits: {source}")
+        print(f"  rate limits: {out['rate_counts']}")
         for s in route.steps():
             print("  " + s)
         print(route.verdict)
     return 0 if route.ok else 1
-
-
-def _rate_counts(cfg: config_mod.Config, args: argparse.Namespace) -> tuple[dict[str, int], str]:
-    """The sender's faxes in the last hour and day, from the store when there is one
-    (the listener counts the same rows); else zero, and the output says so."""
-    from faxbridge.operations import rate_counts
-    from faxbridge.store import open_store
-    data_dir = Path(args.data_dir) if args.data_dir else cfg.storage.data_dir
-    db = data_dir / "faxbridge.sqlite3"
-    if not db.exists():
-        return {}, f"no store at {db}: counted as 0 faxes"
-    store = open_store(db)
-    try:
-        counts = rate_counts(store, args.sender)  # the dashboard's route form counts so too
-    finally:
-        store.close()
-    return counts, (f"counted in {db}: {counts['hour']} fax(es) in the last hour, "
-                    f"{counts['day']} in the last day")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,9 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--from", dest="sender", required=True, metavar="ADDR")
     s.add_argument("--to", required=True, action="append", metavar="ADDR",
                    help="recipient (repeat for several, in RCPT order)")
-    s.add_argument("--user", help="SMTP AUTH user (as if logged in with the right password)")
+    s.add_argument("--user", help="SMTP AUTH user (as if logged in with the right password): "
+                   "its rule and its addresses decide, as in the listener")
     s.add_argument("--peer", default="127.0.0.1", help="client IP (default 127.0.0.1)")
     s.add_argument("--tls", action="store_true", help="the client did STARTTLS")
-    s.add_argument("--data-dir", help="where to count the sender's faxes for rate limits")
+    s.add_argument("--data-dir", help="where to count faxes for rate limits (per sender, client, number)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_route)

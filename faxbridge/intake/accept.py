@@ -13,7 +13,7 @@ command's run of them in the listener's order) must change together.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from email._header_value_parser import get_angle_addr
 from email.errors import HeaderParseError
@@ -29,16 +29,35 @@ from faxbridge.intake.rules import (
     find_rule,
     in_networks,
     matching_pattern,
+    sender_login,
 )
 
 
 @dataclass(frozen=True)
-class Window:
-    """One rate limit of a sender rule: at most `limit` faxes in `seconds`."""
+class Limit:
+    """One rate limit of a sender rule on one key: at most `limit` faxes (recipient
+    numbers) in `seconds` for the sender, the client address or the number."""
 
-    label: str   # "hour" / "day": the word the 450 reply uses
+    scope: str   # "user" / "sender" / "client" / "number": what `key` is
+    key: str     # the user name, the MAIL FROM address, the client's IP, the E.164 number
+    label: str   # "hour" / "day": the word the reply uses
     seconds: int
     limit: int
+
+    @property
+    def id(self) -> tuple[str, str, str]:
+        return self.scope, self.key, self.label
+
+    def describe(self) -> str:
+        return {"user": f"for user {self.key}", "sender": f"for sender {self.key}",
+                "client": f"for client address {self.key}",
+                "number": f"to number {self.key}"}[self.scope]
+
+
+# How the caller counts a limit's faxes: (scope, key, window label) → the faxes
+# accepted in the window by other transactions (committed, and in flight in other
+# sessions). This transaction's own recipients are added here.
+Counts = Mapping[tuple[str, str, str], int]
 
 
 @dataclass(frozen=True)
@@ -53,9 +72,13 @@ class Decision:
     rule: SenderRule | None = None  # RCPT: the sender rule, once one matched
     why: str | None = None          # RCPT: the destination check's result
     duplicate: bool = False         # RCPT: a number this mail has already
-    # RCPT: the rate limits still to be checked. The caller counts the sender's
-    # faxes in each window and asks again with the counts (no store in here).
-    pending: tuple[Window, ...] = ()
+    # RCPT: the rate limits still to be checked. The caller counts the faxes of
+    # each and asks again with the counts (no store in here).
+    pending: tuple[Limit, ...] = ()
+    # RCPT accepted: the (scope, key) pairs this fax counts against, for the
+    # caller to hold while the transaction is in flight
+    keys: tuple[tuple[str, str], ...] = ()
+    report_to: str | None = None    # MAIL: where the job's reports go (None: MAIL FROM)
 
     @property
     def code(self) -> int:
@@ -93,6 +116,7 @@ class MailState:
     # (e164, address, pretty) of each accepted number, without duplicates
     numbers: list[tuple[str, str, str]] = field(default_factory=list)
     rule: SenderRule | None = None  # the rule of the first accepted recipient
+    report_to: str | None = None    # the user's address when MAIL FROM is not its own
 
     def who(self) -> Who:
         return Who(sender=self.sender.lower(), auth_user=self.client.auth_user,
@@ -112,10 +136,23 @@ class MailState:
 WINDOWS = (("hour", 3600), ("day", 86400))
 
 
-def rate_windows(rule: SenderRule) -> tuple[Window, ...]:
-    limits = {"hour": rule.max_per_hour, "day": rule.max_per_day}
-    return tuple(Window(label, seconds, limits[label]) for label, seconds in WINDOWS
-                 if limits[label])
+def rate_keys(state: MailState, number: str) -> tuple[tuple[str, str], ...]:
+    """What one fax of this transaction counts against: (scope, key) for the
+    sender (the authenticated user, else MAIL FROM), the client address, the number."""
+    user = state.client.auth_user
+    keys = [("user", user) if user is not None else ("sender", state.sender.lower())]
+    if state.client.peer:
+        keys.append(("client", state.client.peer))
+    keys.append(("number", number))
+    return tuple(keys)
+
+
+def rate_limits(rule: SenderRule, state: MailState, number: str) -> tuple[Limit, ...]:
+    values = {"hour": rule.max_per_hour, "day": rule.max_per_day}
+    by = {"user": "sender", "sender": "sender", "client": "client", "number": "number"}
+    return tuple(Limit(scope, key, label, seconds, values[label])
+                 for scope, key in rate_keys(state, number) if by[scope] in rule.rate_limit_by
+                 for label, seconds in WINDOWS if values[label])
 
 
 def envelope_address(text: str) -> str | None:
@@ -158,7 +195,8 @@ def login(cfg: Config, peer: str | None, user: str | None, tls: bool) -> tuple[C
 
 
 def mail(cfg: Config, client: Client, sender: str) -> Decision:
-    """MAIL FROM: may this client send at all, and from this sender?"""
+    """MAIL FROM: may this client send at all, and from this sender? An
+    authenticated client only from an address its user may use."""
     steps: list[str] = []
     nets = ", ".join(cfg.smtp.trusted_networks) or "none"
     if client.auth_user is not None:
@@ -175,14 +213,30 @@ def mail(cfg: Config, client: Client, sender: str) -> Decision:
         steps.append("the null sender is a bounce")
         return Decision(replies.S550_NULL_SENDER, tuple(steps))
     steps.append(f"sender {sender}")
-    return Decision(replies.S250_SENDER_OK, tuple(steps))
+    report_to = None
+    if client.auth_user is not None:
+        user = next((u for u in cfg.smtp.users if u.name == client.auth_user), None)
+        if user is None:  # removed from the config since this session logged in
+            steps.append(f"user {client.auth_user} is no longer in smtp.users")
+            return Decision(replies.S553_SENDER_LOGIN.format(sender=sender,
+                                                             user=client.auth_user),
+                            tuple(steps))
+        report_to, why = sender_login(user, sender)
+        steps.append(why)
+        if report_to is None:
+            return Decision(replies.S553_SENDER_LOGIN.format(sender=sender, user=user.name),
+                            tuple(steps))
+        if report_to == sender.lower():
+            report_to = None
+    return Decision(replies.S250_SENDER_OK, tuple(steps), report_to=report_to)
 
 
 # --------------------------------------------------------------- recipient
 def recipient(cfg: Config, state: MailState, address: str,
-              counts: Mapping[str, int] | None = None) -> Decision:
-    """RCPT TO. `counts`: the sender's faxes per rate window label, once looked up;
-    while a limit needs them and they are missing, the decision says `pending`."""
+              counts: Counts | None = None) -> Decision:
+    """RCPT TO. `counts`: the other transactions' faxes per limit (Limit.id), once
+    looked up; while a limit needs them and they are missing, the decision says
+    `pending`."""
     steps: list[str] = []
     fields: dict[str, Any] = {}
 
@@ -207,35 +261,46 @@ def recipient(cfg: Config, state: MailState, address: str,
     fields.update(number=parsed.number, pretty=parsed.pretty)
     steps.append(f"number {local!r} → {parsed.number} ({parsed.pretty})")
     who = state.who()
-    rule = find_rule(cfg.senders, who)
+    users = cfg.smtp.users
+    rule = find_rule(cfg.senders, who, users)
+    if rule is None and who.auth_user is not None:
+        steps.append(f"user {who.auth_user} has no sender rule (no smtp.users rule, and no "
+                     f"rule matches 'user:{who.auth_user}'); MAIL FROM does not choose one")
+        return done(replies.S550_USER_NO_RULE.format(user=who.auth_user))
     if rule is None:
         steps.append("no sender rule matches (rules tried: "
                      + (", ".join(r.name for r in cfg.senders) or "none") + ")")
         return done(replies.S550_SENDER.format(sender=state.sender))
     fields["rule"] = rule
-    steps.append(f"sender rule '{rule.name}' matches by {matching_pattern(rule, who)!r}")
-    ok, why = destination_allowed(rule, parsed.number)
+    steps.append(f"sender rule '{rule.name}' matches by {matching_pattern(rule, who, users)}")
+    steps.append(f"number type {parsed.kind}")
+    ok, why = destination_allowed(rule, parsed.number, parsed.kind)
     fields["why"] = why
     steps.append(f"destination {why}")
     if not ok:
         return done(replies.S550_DEST.format(number=parsed.pretty, rule=rule.name, why=why))
-    # Rate limits count mails, not recipients: checked once, at the first recipient
-    # this transaction accepts.
-    windows = rate_windows(rule) if state.rule is None else ()
-    if windows and counts is None:
-        return done("", pending=windows)
-    for w in windows:
-        count = (counts or {}).get(w.label, 0)
-        steps.append(f"rate limit: {count} of at most {w.limit} faxes in the last {w.label}")
-        if count >= w.limit:
-            return done(replies.S450_RATE.format(rule=rule.name, count=count, window=w.label))
-    steps.append(f"billing code {rule.billing_code or '-'}, body {rule.body}, "
-                 f"notify {rule.notify}")
     if any(n == parsed.number for n, *_ in state.numbers):
         steps.append("this mail has the number already: faxed once")
         return done(replies.S250_RCPT_OK.format(number=parsed.pretty) + " (duplicate)",
                     duplicate=True)
-    return done(replies.S250_RCPT_OK.format(number=parsed.pretty))
+    # Rate limits count faxes, one per recipient number: this transaction's own
+    # accepted numbers count too (a mail to 20 numbers is 20 faxes).
+    limits = rate_limits(rule, state, parsed.number)
+    if limits and counts is None:
+        return done("", pending=limits)
+    for lim in limits:
+        own = len(state.numbers) if lim.scope != "number" else 0
+        count = (counts or {}).get(lim.id, 0) + own
+        steps.append(f"rate limit {lim.describe()}: {count} of at most {lim.limit} faxes in "
+                     f"the last {lim.label}" + (f" ({own} in this mail)" if own else ""))
+        if count >= lim.limit:
+            reply = replies.S452_RATE if own else replies.S450_RATE
+            return done(reply.format(rule=rule.name, count=count, window=lim.label,
+                                     scope=lim.describe(), limit=lim.limit))
+    steps.append(f"billing code {rule.billing_code or '-'}, body {rule.body}, "
+                 f"notify {rule.notify}")
+    return done(replies.S250_RCPT_OK.format(number=parsed.pretty),
+                keys=rate_keys(state, parsed.number))
 
 
 # ----------------------------------------------------------------- content
@@ -289,7 +354,7 @@ class Route:
         return {
             "session": self.session,
             "mail": {"reply": self.mail.reply, "verdict": self.mail.verdict,
-                     "steps": list(self.mail.steps)},
+                     "report_to": self.mail.report_to, "steps": list(self.mail.steps)},
             "recipients": [{"address": a, "reply": d.reply, "verdict": d.verdict,
                             "number": d.number, "rule": d.rule.name if d.rule else None,
                             "steps": list(d.steps)} for a, d in self.recipients],
@@ -300,10 +365,10 @@ class Route:
 
 def simulate(cfg: Config, *, peer: str | None, sender: str, recipients: Sequence[str],
              user: str | None = None, tls: bool = False,
-             counts: Mapping[str, int] | None = None) -> Route:
+             count: Callable[[Limit], int] | None = None) -> Route:
     """One transaction as the listener runs it: login, MAIL, then each RCPT with the
-    transaction's state. `counts`: the sender's faxes per rate window label (the
-    caller reads them from the store; missing windows count as 0)."""
+    transaction's state. `count`: the faxes already accepted under a rate limit (the
+    caller reads them from the store; without it, every limit counts 0)."""
     client, session = login(cfg, peer, user, tls)
     address = envelope_address(sender)
     if address is None:
@@ -313,7 +378,7 @@ def simulate(cfg: Config, *, peer: str | None, sender: str, recipients: Sequence
     route = Route(session, m, [])
     if not m.accepted:
         return route  # the listener answers 503 to every RCPT after a refused MAIL
-    state = MailState(address, client)
+    state = MailState(address, client, report_to=m.report_to)
     for text in recipients:
         address = envelope_address(text)
         if address is None:
@@ -321,8 +386,8 @@ def simulate(cfg: Config, *, peer: str | None, sender: str, recipients: Sequence
         else:
             d = recipient(cfg, state, address)
             if d.pending:
-                d = recipient(cfg, state, address, {w.label: (counts or {}).get(w.label, 0)
-                                                    for w in d.pending})
+                d = recipient(cfg, state, address,
+                              {lim.id: count(lim) if count else 0 for lim in d.pending})
             if address != text:
                 d = replace(d, steps=(f"the listener reads {text!r} as {address!r} "
                                       "(SMTP address syntax)", *d.steps))

@@ -23,6 +23,7 @@ class Parsed:
     number: str = ""       # E.164, e.g. +4989123456
     pretty: str = ""       # international format for humans, e.g. +49 89 123456
     error: str = ""
+    kind: str = ""         # the number's type (number_kind), e.g. fixed_line, premium_rate
 
 
 def split_address(address: str) -> tuple[str, str]:
@@ -51,7 +52,48 @@ def parse_number(local: str, default_country: str) -> Parsed:
         return Parsed(False, error=(f"'{local}' read as {e164} is {length} for country code "
                                     f"+{num.country_code} ({region})"))
     pretty = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
-    return Parsed(True, number=e164, pretty=pretty)
+    return Parsed(True, number=e164, pretty=pretty, kind=_kind(num))
+
+
+# Global country codes whose numbers cost like premium rate but that libphonenumber
+# types as mobile (+881 Iridium/Globalstar, +870 Inmarsat) or leaves untyped (+882,
+# +883: Thuraya and other international networks) (ITU-T E.164 list of assigned
+# country codes).
+SATELLITE_CODES = frozenset({870, 881})
+INTERNATIONAL_NETWORK_CODES = frozenset({882, 883})
+_TYPE_NAMES = {getattr(phonenumbers.PhoneNumberType, n): n.lower()
+               for n in ("FIXED_LINE", "MOBILE", "FIXED_LINE_OR_MOBILE", "TOLL_FREE",
+                         "PREMIUM_RATE", "SHARED_COST", "VOIP", "PERSONAL_NUMBER", "PAGER",
+                         "UAN", "VOICEMAIL", "UNKNOWN")}
+
+
+def _kind(num: phonenumbers.PhoneNumber) -> str:
+    if num.country_code in SATELLITE_CODES:
+        return "satellite"
+    if num.country_code in INTERNATIONAL_NETWORK_CODES:
+        return "international_network"
+    return _TYPE_NAMES.get(phonenumbers.number_type(num), "unknown")
+
+
+def number_kind(e164: str) -> str:
+    """The type of a number by libphonenumber's metadata for its country
+    (premium_rate, shared_cost, fixed_line, …; satellite and international_network
+    by country code); 'unknown' when it cannot be read."""
+    try:
+        return _kind(phonenumbers.parse(e164, None))
+    except phonenumbers.NumberParseException:
+        return "unknown"
+
+
+KIND_TEXT = {"premium_rate": "a premium-rate number", "shared_cost": "a shared-cost number",
+             "satellite": "a satellite number", "toll_free": "a toll-free number",
+             "international_network": "a number of an international network",
+             "personal_number": "a personal number", "uan": "a universal access number",
+             "voip": "a VoIP number", "pager": "a pager number",
+             "voicemail": "a voicemail number", "mobile": "a mobile number",
+             "fixed_line": "a fixed-line number",
+             "fixed_line_or_mobile": "a fixed-line or mobile number",
+             "unknown": "a number of unknown type"}
 
 
 def pretty(number: object) -> str:

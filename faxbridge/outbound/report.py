@@ -36,11 +36,12 @@ def wanted(notify: str, event: str) -> bool:
 
 
 def report_to(job: Job) -> list[str]:
-    """Who gets a job's report: its sender, or the addresses a Faxes API request named
-    in notifications.email.send_to."""
+    """Who gets a job's report: the addresses a Faxes API request named in
+    notifications.email.send_to, else the job's report address (its sender, or the
+    authenticated user's own address when MAIL FROM is not one of the user's)."""
     api = job.options.get("api") or {}
     send_to = ((api.get("notifications") or {}).get("email") or {}).get("send_to")
-    return list(send_to) if send_to else [job.sender]
+    return list(send_to) if send_to else [job.report_address]
 
 
 # The name intake.mime gives the mail's own text when it is faxed: always the first

@@ -24,6 +24,7 @@ from faxbridge.intake.numbers import parse_number, split_address
 from faxbridge.intake.slim import header_block
 from faxbridge.intake.subject import decode_subject, header_line
 from faxbridge.outbound.request import fax_options
+from faxbridge.runtime.inflight import InFlight, count_limits
 from faxbridge.store.new import NewDocument, NewJob, NewRecipient, SmtpLogRecord, new_job_id
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ log = logging.getLogger("faxbridge.smtp")
 LOG_RECIPIENTS = 100
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: InFlight holds faxes per transaction
 class Tx:
     """One SMTP transaction: what it accepted so far, and its log record."""
 
@@ -67,9 +68,13 @@ class Tx:
 
 class FaxHandler:
     def __init__(self, config: ConfigProvider, db: Db, cpu: Offload,
-                 committer: GroupCommitter, metrics: Metrics, wakeups: Wakeups) -> None:
+                 committer: GroupCommitter, metrics: Metrics, wakeups: Wakeups,
+                 inflight: InFlight | None = None) -> None:
         self.config, self.db, self.cpu, self.committer = config, db, cpu, committer
         self.metrics, self.wakeups = metrics, wakeups
+        # accepted recipients of unfinished transactions, so rate limits hold
+        # across concurrent sessions (shared with the Faxes API)
+        self.inflight = inflight or InFlight()
 
     @property
     def cfg(self):  # noqa: ANN201 - always the current config (live reload)
@@ -90,7 +95,10 @@ class FaxHandler:
     def flush(self, session: Session, reply: str | None = None) -> None:
         """Write the log record of an unfinished transaction (RSET, QUIT, drop)."""
         tx: Tx | None = getattr(session, "fb_tx", None)
-        if tx is None or tx.logged:
+        if tx is None:
+            return
+        self.inflight.release(tx)  # no job (or already committed): nothing to hold
+        if tx.logged:
             return
         tx.logged = True
         refused = tx.last_refusal
@@ -109,6 +117,7 @@ class FaxHandler:
         self.flush(session, "(transaction abandoned)")
         tx = self._new_tx(session, address)
         decision = accept.mail(self.cfg, tx.state.client, address)
+        tx.state.report_to = decision.report_to
         if not decision.accepted:
             tx.record.reply = decision.reply
             self.flush(session)
@@ -124,9 +133,11 @@ class FaxHandler:
         cfg = self.cfg
         decision = accept.recipient(cfg, tx.state, address)
         if decision.pending:
-            counts = await self.db.run(self._counts, tx.state.sender.lower(),
-                                          decision.pending)
+            counts = await self._counts(tx, decision.pending)
+            # no await from here to the hold: no other session counts in between
             decision = accept.recipient(cfg, tx.state, address, counts)
+        if decision.accepted and not decision.duplicate:
+            self.inflight.hold(tx, decision.keys)
         tx.state.record(address, decision)
         entry: dict[str, Any] = {"address": address}
         if decision.number:
@@ -142,10 +153,10 @@ class FaxHandler:
             envelope.rcpt_options.extend(rcpt_options)
         return decision.reply
 
-    def _counts(self, sender: str, windows: tuple[accept.Window, ...]) -> dict[str, int]:
-        store = self.db.store
-        now = time.time()
-        return {w.label: store.count_jobs_since(sender, now - w.seconds) for w in windows}
+    async def _counts(self, tx: Tx, limits: tuple[accept.Limit, ...]) -> dict[
+            tuple[str, str, str], int]:
+        """Other transactions' faxes under each limit (runtime.inflight)."""
+        return await count_limits(self.db, self.inflight, tx, limits)
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         """End of DATA. Nothing a client sends may surface as a traceback: input the
@@ -217,7 +228,8 @@ class FaxHandler:
             raw=raw,
             deadline=now + cfg.fax.submit_deadline_seconds,
             valid_until=now + cfg.fax.job_valid_seconds,
-            auth_user=getattr(session, "fb_user", None),
+            auth_user=tx.state.client.auth_user, peer=rec.peer,
+            report_to=tx.state.report_to,
             message_id=ext.message_id, subject=subject, rule=rule.name, header=header,
             notify=rule.notify, attach_documents=rule.attach_documents, id=job_id)
         rec.reply = decision.reply
@@ -226,6 +238,8 @@ class FaxHandler:
                                                       * 1000, 2)
         try:
             await self.committer.commit(job, rec)
+            # the store counts this job's faxes now
+            self.inflight.release(tx, committed=True)
         except StoreError as exc:
             log.error("store failure, answering 451: %s", exc)
             rec.ok, rec.job_id = False, None

@@ -204,9 +204,14 @@ class SqliteJobs:
         args.append(limit)
         return rows_as(Job, self.db.query(sql, tuple(args)))
 
-    def count_jobs_since(self, sender: str, since: float) -> int:
+    def count_faxes_since(self, scope: str, key: str, since: float) -> int:
+        """Faxes (job recipients) accepted since `since` for a rate limit's key:
+        scope 'user' (authenticated user), 'sender' (envelope sender), 'client'
+        (client IP address) or 'number' (E.164 recipient number)."""
+        where = _FAX_SCOPES[scope]
         rows = self.db.query(
-            "SELECT COUNT(*) FROM jobs WHERE sender=? AND created>=?", (sender, since))
+            "SELECT COUNT(*) FROM job_recipients r JOIN jobs j ON j.id = r.job_id "
+            f"WHERE {where}=? AND j.created>=?", (key, since))
         return int(rows[0][0])
 
     def job_state_counts(self) -> dict[str, int]:
@@ -215,16 +220,22 @@ class SqliteJobs:
             "SELECT state, COUNT(*) FROM jobs GROUP BY state")}
 
 
+# a rate limit's scope → the column it counts by (a fixed table: never client text)
+_FAX_SCOPES = {"user": "j.auth_user", "sender": "j.sender", "client": "j.peer",
+               "number": "r.number"}
+
+
 def _insert_job(c: sqlite3.Connection, job: NewJob, log: SmtpLogRecord | None,
                 now: float) -> None:
     c.execute(
         "INSERT INTO jobs (id,state,created,updated,sender,auth_user,message_id,"
         "subject,rule,header,options_json,deadline,valid_until,notify,"
-        "attach_documents,last_error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "attach_documents,last_error,peer,report_to) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (job.id, job.state, now, now, job.sender, job.auth_user, job.message_id,
          job.subject, job.rule, job.header, json.dumps(job.options),
          job.deadline, job.valid_until, job.notify, int(job.attach_documents),
-         job.last_error))
+         job.last_error, job.peer, job.report_to))
     rowid = c.execute("INSERT INTO job_messages (job_id, raw) VALUES (?, zeroblob(?))",
                       (job.id, len(job.raw))).lastrowid
     write_blob(c, "job_messages", "raw", rowid, job.raw)
@@ -240,7 +251,10 @@ def _insert_job(c: sqlite3.Connection, job: NewJob, log: SmtpLogRecord | None,
             (job.id, i, d.name, d.content_type, d.charset, len(d.data))).lastrowid
         write_blob(c, "job_documents", "data", rowid, d.data)
     insert_event(c, job.id, "accepted",
-                 f"from {job.sender}, {len(job.recipients)} recipient(s), "
+                 f"from {job.sender}"
+                 + (f" (user {job.auth_user}, reports to {job.report_to})"
+                    if job.report_to else "")
+                 + f", {len(job.recipients)} recipient(s), "
                  f"{len(job.documents)} document(s), rule {job.rule}")
     if job.state != "queued":
         insert_event(c, job.id, job.state, job.last_error or "")

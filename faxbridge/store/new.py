@@ -49,6 +49,8 @@ class NewJob:
     header: str | None = None
     notify: str = "always"
     attach_documents: bool = False
+    peer: str | None = None       # the SMTP client's IP address (rate limits)
+    report_to: str | None = None  # where reports go when not to `sender`
     id: str = field(default_factory=new_job_id)
     # A job is created queued; one whose documents could not be had at all (a
     # Faxes API document URL that failed) is recorded failed, with why.

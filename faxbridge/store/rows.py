@@ -53,11 +53,19 @@ class Job:
     reported: int
     report_deleted: int
     options_json: str
+    peer: str | None = None
+    report_to: str | None = None
 
     @property
     def options(self) -> dict[str, Any]:
         """The resolved fax options the job was accepted with."""
         return dict(json.loads(self.options_json or "{}"))
+
+    @property
+    def report_address(self) -> str:
+        """Where the job's reports go: the authenticated user's address when MAIL
+        FROM was not one of the user's own, else the envelope sender."""
+        return self.report_to or self.sender
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from faxbridge.intake import accept
 from faxbridge.intake.mime import extract
 from faxbridge.intake.subject import header_line
 from faxbridge.outbound.request import fax_options
+from faxbridge.runtime.inflight import InFlight, count_limits
 from faxbridge.store.new import NewDocument, NewJob, NewRecipient, new_job_id
 from faxbridge.web.fetch import FetchFailed, allowed, fetch_document
 from faxbridge.web.kazoo import ApiError, field_error
@@ -147,18 +148,29 @@ def _mail(sender: str, recipients: list[tuple[str, str]], req: FaxRequest,
 
 class FaxCreator:
     def __init__(self, db: Db, cpu: Offload, committer: GroupCommitter,
-                 wakeups: Wakeups) -> None:
+                 wakeups: Wakeups, inflight: InFlight) -> None:
         self.db, self.cpu, self.committer, self.wakeups = db, cpu, committer, wakeups
-
-    def _counts(self, sender: str, windows: tuple[accept.Window, ...]) -> dict[str, int]:
-        now = time.time()
-        return {w.label: self.db.store.count_jobs_since(sender, now - w.seconds)
-                for w in windows}
+        # the SMTP listener's: an API request and a mail count against the same
+        # limits, committed or still in flight
+        self.inflight = inflight
 
     async def create(self, cfg: Config, token: ApiToken, peer: str | None, req: FaxRequest,
                      files: list[tuple[str, str, bytes]]) -> str:
         """Accept, fetch, extract and commit: the new job's id. A document that
-        cannot be fetched still makes a job, failed with why. Raises ApiError."""
+        cannot be fetched still makes a job, failed with why. Raises ApiError.
+        The request's faxes are held against the rate limits until its job is
+        committed (or it fails), as an SMTP transaction's are."""
+        owner = object()
+        try:
+            job_id = await self._create(owner, cfg, token, peer, req, files)
+        except BaseException:
+            self.inflight.release(owner)
+            raise
+        self.inflight.release(owner, committed=True)
+        return job_id
+
+    async def _create(self, owner: object, cfg: Config, token: ApiToken, peer: str | None,
+                      req: FaxRequest, files: list[tuple[str, str, bytes]]) -> str:
         client = accept.Client(peer, auth_user=f"api:{token.name}")
         sender = token.sender.lower()
         decision = accept.mail(cfg, client, sender)
@@ -170,13 +182,16 @@ class FaxCreator:
             address = f"{number}@{cfg.fax.domains[0]}"
             d = accept.recipient(cfg, state, address)
             if d.pending:
-                d = accept.recipient(cfg, state, address,
-                                     await self.db.run(self._counts, sender, d.pending))
+                counts = await count_limits(self.db, self.inflight, owner, d.pending)
+                # no await from here to the hold: nothing else counts in between
+                d = accept.recipient(cfg, state, address, counts)
             if not d.accepted:
                 code = 429 if d.code == 450 else 400
                 raise ApiError(code, "invalid data" if code == 400 else "too many requests",
                                {"to_number": {"refused": {"message": d.reply,
                                                           "value": number}}})
+            if not d.duplicate:
+                self.inflight.hold(owner, d.keys)
             state.record(address, d)
         rule = state.rule
         assert rule is not None  # set by the first accepted recipient
