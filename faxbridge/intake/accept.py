@@ -104,6 +104,9 @@ class Client:
     peer: str | None
     auth_user: str | None = None  # the user the client authenticated as (AUTH succeeded)
     tls: bool = False
+    # A Faxes API token's name: the token is the identity, and the sender it acts as
+    # is the one the admin configured for it ([[api.tokens]] sender), not a claim.
+    api_token: str | None = None
 
 
 @dataclass
@@ -199,7 +202,9 @@ def mail(cfg: Config, client: Client, sender: str) -> Decision:
     authenticated client only from an address its user may use."""
     steps: list[str] = []
     nets = ", ".join(cfg.smtp.trusted_networks) or "none"
-    if client.auth_user is not None:
+    if client.api_token is not None:
+        steps.append(f"Faxes API token {client.api_token}, acting as its configured sender")
+    elif client.auth_user is not None:
         steps.append(f"client authenticated as {client.auth_user}")
     elif in_networks(client.peer, cfg.smtp.trusted_networks):
         steps.append(f"peer {client.peer} is in smtp.trusted_networks ({nets})")

@@ -109,7 +109,7 @@ async def count_limits(db: Db, inflight: InFlight, owner: object,
     for attempt in range(3):
         mark = inflight.begin_read(keys)
         try:
-            stored = await db.run(stored_counts, limits)
+            stored = await db.run(stored_counts, db.store, limits)
         finally:
             racing = inflight.end_read(mark)
         if not any(racing.values()) or attempt == 2:

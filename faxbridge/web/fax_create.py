@@ -171,7 +171,7 @@ class FaxCreator:
 
     async def _create(self, owner: object, cfg: Config, token: ApiToken, peer: str | None,
                       req: FaxRequest, files: list[tuple[str, str, bytes]]) -> str:
-        client = accept.Client(peer, auth_user=f"api:{token.name}")
+        client = accept.Client(peer, api_token=token.name)
         sender = token.sender.lower()
         decision = accept.mail(cfg, client, sender)
         if not decision.accepted:
@@ -227,7 +227,8 @@ class FaxCreator:
             documents=documents,
             options={**fax_options(cfg, rule), "api": req.api_facts(token)},
             raw=raw, deadline=now + cfg.fax.submit_deadline_seconds,
-            valid_until=now + cfg.fax.job_valid_seconds, auth_user=client.auth_user,
+            # the jobs list shows who sent it; api:NAME is no SMTP user's name
+            valid_until=now + cfg.fax.job_valid_seconds, auth_user=f"api:{token.name}",
             subject=req.subject or None, rule=rule.name,
             header=header_line(req.subject, cfg.fax.header_template,
                                cfg.fax.header_max_length, sender=sender, number=first),
