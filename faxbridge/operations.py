@@ -96,6 +96,7 @@ def show_job(store: Store, job_id: str) -> dict[str, Any] | None:
     docs = [{"name": d.name, "type": d.content_type, "size": len(d.data)}
             for d in store.job_documents(job_id)]
     return {**public(job), "confirmation": confirmation(job),
+            "outcome_recorded": outcome_recorded(job),
             "recipients": [public(r) for r in store.job_recipients(job_id)],
             "documents": docs,
             "events": [public(e) for e in store.job_events(job_id)]}
@@ -105,7 +106,8 @@ def held_jobs(store: Store, limit: int = 100) -> list[dict[str, Any]]:
     """Held jobs, newest first, each with why (last_error) and, for an unconfirmed
     submission, what releasing it would mean (as show_job, without loading documents)."""
     from faxbridge.outbound.submit import confirmation
-    return [{**public(j), "confirmation": confirmation(j)}
+    return [{**public(j), "confirmation": confirmation(j),
+             "outcome_recorded": outcome_recorded(j)}
             for j in store.list_jobs(state="held", limit=limit)]
 
 
@@ -120,6 +122,68 @@ def release_job(store: Store, job_id: str, *, by: str, force: bool = False) -> O
     from faxbridge.outbound.submit import release_job as release
     ok, message = release(store, job_id, by=by, force=force)
     return Outcome(ok, message)
+
+
+def outcome_recorded(job: Any) -> bool:
+    """Whether a held job was sent and its outcome recorded, only its report mail
+    could not be composed: such a job is resolved, never released (that would send
+    the fax again)."""
+    from faxbridge.outbound.report import REPORT_HELD
+    return job.state == "held" and (job.last_error or "").startswith(REPORT_HELD)
+
+
+def resolve_job(store: Store, job_id: str, *, by: str, composer: Composer | None = None,
+                mail_from: str | None = None) -> Outcome:
+    """Close a held job whose outcome is recorded (its report mail could not be
+    composed): done or failed by that outcome, with a timeline entry naming `by`.
+    Once finished, the report cleaner deletes its report at Retarus, as for any
+    finished job (a held job's report is kept there: it is the evidence).
+
+    With a composer, the sender also gets a plain fallback report, made as the
+    poison check made it: nothing taken from the mail (no Message-ID, subject,
+    display names or documents), only the recorded results. If even that cannot be
+    composed, or the job's notify setting does not want one, the job is resolved
+    without a mail and the timeline says so. Raises NotFound; a held job without a
+    recorded outcome is refused (release is the way for those)."""
+    from faxbridge.outbound.report import build_report, event_for, report_to, wanted
+    job = store.job(job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    if job.state != "held":
+        return Outcome(False, f"job {job_id} is {job.state}, not held: nothing to resolve")
+    if not outcome_recorded(job):
+        return Outcome(False, f"job {job_id} is held without a recorded outcome "
+                              f"({job.last_error or 'no reason given'}): there is no result "
+                              "to close it with; release it instead")
+    results = [{"idx": r.idx, "number": r.number, "display_name": None, "status": r.status,
+                "reason": r.reason, "sent_ts": r.sent_ts, "duration": r.duration,
+                "pages": r.pages, "remote_csid": r.remote_csid,
+                "sent_to_number": r.sent_to_number} for r in store.job_recipients(job_id)]
+    # a job that never reached Retarus has no Retarus id (not submitted)
+    event = event_for(results, submitted=job.retarus_job_id is not None)
+    state = "done" if event in ("delivered", "partial") else "failed"
+    mail, note = None, "no report mail (the job's notify setting wants none)"
+    if composer is None or mail_from is None:
+        note = "no report mail (none asked for)"
+    elif wanted(job.notify, event):
+        plain = dataclasses.replace(job, message_id=None, subject="")
+        pages = max((r["pages"] or 0 for r in results), default=0) or None
+        try:
+            raw = build_report(composer, plain, results, event, mail_from=mail_from,
+                               pages=pages)
+        except Exception as exc:  # noqa: BLE001 - resolving must not depend on the mail
+            from faxbridge.intake.clean import clean_text
+            note = clean_text(f"no report mail (even a plain one cannot be composed: "
+                              f"{type(exc).__name__}: {exc})", 500)
+        else:
+            mail = (mail_from, report_to(job), raw)
+            note = f"a plain fallback report mail to {', '.join(mail[1])}"
+    summary = ", ".join(f"{r['number']} {r['status'] or '-'}" for r in results)
+    detail = f"resolved by {by}: {state} by the recorded outcome ({event}: {summary}); {note}"
+    if not store.finish_job(job_id, state, event="resolved", detail=detail, mail=mail,
+                            expect=("held",)):
+        return Outcome(False, f"job {job_id} is not held any more")
+    return Outcome(True, f"job {job_id} resolved: {state} ({event}); {note}")
 
 
 # ------------------------------------------------------------------ received faxes

@@ -1,4 +1,4 @@
-"""`faxbridge jobs [list|show ID|release ID|delete ID [--payload-only]]`: outbound fax jobs, through the same
+"""`faxbridge jobs [list|show ID|release ID|resolve ID|delete ID [--payload-only]]`: outbound fax jobs, through the same
 operations as the admin API's /admin/jobs."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from faxbridge import operations as ops
-from faxbridge.cli.common import open_store, print_json, printable, ts, with_config
+from faxbridge.cli.common import load_config, open_store, print_json, printable, ts, with_config
 
 if TYPE_CHECKING:
     from faxbridge.store.protocol import Store
@@ -22,6 +22,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         outcome = ops.release_job(store, args.id, by="admin (CLI)", force=args.force)
         print(printable(outcome.message))
         return 0 if outcome.ok else 1
+    if args.action == "resolve":
+        return _resolve(store, args)
     if args.action == "delete":
         try:
             outcome = ops.delete_fax(store, args.id, payload_only=args.payload_only,
@@ -41,6 +43,23 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         print(printable(f"{r['id']}  {ts(r['created'])}  {r['state']:<10} {r['sender']:<28} "
                         f"{(r['subject'] or '')[:40]}{why}"))
     return 0
+
+
+def _resolve(store: Store, args: argparse.Namespace) -> int:
+    """Close a held job by its recorded outcome; the plain fallback report mail is
+    composed with the templates and sender address of --config (the running bridge's
+    mail worker sends it)."""
+    from faxbridge.mail.compose import Composer
+    cfg = load_config(args.config)
+    try:
+        outcome = ops.resolve_job(store, args.id, by="admin (CLI)",
+                                  composer=Composer(cfg.mail.template_dir, cfg.smtp.hostname),
+                                  mail_from=cfg.mail.from_address)
+    except ops.NotFound as exc:
+        print(printable(exc))
+        return 1
+    print(printable(outcome.message))
+    return 0 if outcome.ok else 1
 
 
 def _show(store: Store, args: argparse.Namespace) -> int:
@@ -66,6 +85,8 @@ def _show(store: Store, args: argparse.Namespace) -> int:
         print(printable(f"  last error: {job['last_error']}"))
     if job["confirmation"]:
         print(printable(f"  at Retarus: {job['confirmation']['note']}"))
+    if job["outcome_recorded"]:
+        print(f"  sent, outcome recorded: close it with `faxbridge jobs resolve {job['id']}`")
     print("  timeline:")
     for e in job["events"]:
         print(printable(f"    {ts(e['ts'])} {e['kind']:<11} {e['detail'] or ''}"))
@@ -74,7 +95,8 @@ def _show(store: Store, args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = with_config(sub.add_parser("jobs", help="outbound fax jobs"))
-    s.add_argument("action", nargs="?", choices=["list", "show", "release", "delete"],
+    s.add_argument("action", nargs="?", choices=["list", "show", "release", "resolve",
+                                                  "delete"],
                    default="list")
     s.add_argument("id", nargs="?")
     s.add_argument("--data-dir")

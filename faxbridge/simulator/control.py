@@ -39,12 +39,15 @@ def without_secrets(body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def jobs(request: Request) -> Response:
-    """Every job received, its request as sent but for the push credentials."""
+    """Every job received, its request as sent but for the push credentials, and
+    whether a data center still stores its report (false once the client deleted it)."""
     now = time.time()
+    state = sim_state(request)
     return JSONResponse([{"jobId": j.job_id, "datacenter": j.dc, "via": j.via,
                           "received": j.received, "request": without_secrets(j.body),
                           "final": j.final(now), "report": j.report(now),
-                          "pushes": j.pushes} for j in sim_state(request).jobs])
+                          "report_stored": any(j.job_id in r for r in state.reports.values()),
+                          "pushes": j.pushes} for j in state.jobs])
 
 
 async def inbound(request: Request) -> Response:

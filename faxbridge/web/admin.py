@@ -1,6 +1,6 @@
 """Admin JSON API under /admin/, behind `Authorization: Bearer <http.admin_token>`.
 The same operations as the CLI (faxbridge.operations): SMTP log, jobs, inbox; release
-a held job; resend a fax; delete a fax or only its payload; run the payload retention. This module only maps requests to them and answers in JSON."""
+a held job, or resolve one whose outcome is recorded; resend a fax; delete a fax or only its payload; run the payload retention. This module only maps requests to them and answers in JSON."""
 
 from __future__ import annotations
 
@@ -119,6 +119,20 @@ def admin_routes(db: Db, config: ConfigProvider, wakeups: Wakeups,
         return JSONResponse({"released": job_id})
 
     @endpoint
+    async def resolve(request: Request) -> Response:
+        job_id = request.path_params["id"]
+        try:
+            outcome = await db.run(ops.resolve_job, store(), job_id, by="the admin API",
+                                   composer=fax_mail.mail.composer,
+                                   mail_from=config.current.mail.from_address)
+        except ops.NotFound:
+            return JSONResponse({"error": "not found"}, 404)
+        if not outcome.ok:
+            return JSONResponse({"error": outcome.message}, 409)
+        wakeups.mail.set()  # the fallback report, if one was queued
+        return JSONResponse({"resolved": job_id, "message": outcome.message})
+
+    @endpoint
     async def inbox(request: Request) -> Response:
         return JSONResponse(await db.run(ops.list_inbox, store(),
                                             _int(request.query_params, "limit", 100)))
@@ -184,6 +198,7 @@ def admin_routes(db: Db, config: ConfigProvider, wakeups: Wakeups,
         Route("/admin/log", log_list), Route("/admin/log/{id:int}", log_one),
         Route("/admin/jobs", jobs), Route("/admin/jobs/{id}", job),
         Route("/admin/jobs/{id}/release", release, methods=["POST"]),
+        Route("/admin/jobs/{id}/resolve", resolve, methods=["POST"]),
         Route("/admin/inbox", inbox),
         Route("/admin/inbox/{id:path}/resend", resend, methods=["POST"]),
         Route("/admin/inbox/{id:path}", delete_inbound, methods=["DELETE"]),

@@ -1,8 +1,10 @@
 """The admin dashboard: server-rendered HTML pages under /dashboard/ on the HTTP port.
 
 Jobs with filters and each job's timeline, the SMTP log with why a mail was refused,
-the inbox with resend, held jobs with release, the rules in force with a form that
-asks the accept path what it would decide for an address, health and queue figures.
+the inbox with resend, held jobs with release (or resolve, for a job whose outcome
+is recorded but whose report mail could not be composed), the rules in force with a
+form that asks the accept path what it would decide for an address, health and queue
+figures.
 
 Every page reads and changes the store only through faxbridge.operations, the
 functions behind the CLI and the admin API: the three views cannot disagree. The
@@ -331,10 +333,11 @@ def dashboard_routes(db: Db, config: ConfigProvider, health: Health, wakeups: Wa
     @view
     async def job(request: Request) -> Response:
         viewer = authenticate(request)
-        released = request.query_params.get("released") == "1"
-        return await job_page(request, viewer, request.path_params["id"],
-                              notice="Released: the job is queued to be sent again."
-                              if released else "")
+        q = request.query_params
+        notice = ("Released: the job is queued to be sent again." if q.get("released") == "1"
+                  else "Resolved: the job is closed by its recorded outcome; its report at "
+                  "Retarus is deleted next." if q.get("resolved") == "1" else "")
+        return await job_page(request, viewer, request.path_params["id"], notice=notice)
 
     @view
     async def release(request: Request) -> Response:
@@ -346,6 +349,22 @@ def dashboard_routes(db: Db, config: ConfigProvider, health: Health, wakeups: Wa
             return await job_page(request, viewer, job_id, 409, problem=outcome.message)
         wakeups.submit.set()
         return RedirectResponse(f"{PREFIX}/jobs/{job_id}?released=1", status_code=303,
+                                headers=HEADERS)
+
+    @view
+    async def resolve(request: Request) -> Response:
+        viewer, _ = await posted(request)
+        job_id = request.path_params["id"]
+        try:
+            outcome = await db.run(ops.resolve_job, store(), job_id, by="the dashboard",
+                                   composer=fax_mail.mail.composer,
+                                   mail_from=config.current.mail.from_address)
+        except ops.NotFound:
+            return error(request, viewer, 404, f"No job {job_id}.")
+        if not outcome.ok:
+            return await job_page(request, viewer, job_id, 409, problem=outcome.message)
+        wakeups.mail.set()  # the fallback report, if one was queued
+        return RedirectResponse(f"{PREFIX}/jobs/{job_id}?resolved=1", status_code=303,
                                 headers=HEADERS)
 
     @view
@@ -469,6 +488,7 @@ def dashboard_routes(db: Db, config: ConfigProvider, health: Health, wakeups: Wa
         Route(f"{PREFIX}/jobs", jobs),
         Route(f"{PREFIX}/jobs/{{id}}", job),
         Route(f"{PREFIX}/jobs/{{id}}/release", release, methods=["POST"]),
+        Route(f"{PREFIX}/jobs/{{id}}/resolve", resolve, methods=["POST"]),
         Route(f"{PREFIX}/held", held),
         Route(f"{PREFIX}/log", log_list),
         Route(f"{PREFIX}/log/{{id:int}}", log_one),
