@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from faxbridge import config as config_mod
 from faxbridge.cli.common import load_config, with_config
@@ -27,7 +28,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         for p in pre.errors:
             print(f"  {p}")
     bad_templates = _template_problems(cfg)
-    if pre.errors or bad_templates:
+    try:
+        cfg = config_mod.with_database_url(cfg, args.database_url)
+    except ConfigError as exc:
+        pre.errors.extend(exc.problems)
+    bad_database = _database_problems(cfg)
+    if pre.errors or bad_templates or bad_database:
         for w in pre.warnings:
             print(f"  warning: {w}")
         return 1
@@ -37,6 +43,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     for line in config_mod.summary(cfg):
         print("  " + line)
     return 0
+
+
+def _database_problems(cfg: config_mod.Config) -> bool:
+    """A configured PostgreSQL: reachable, and its schema (created or migrated as a
+    bridge would at start). Prints one line either way; SQLite needs no check here
+    (the data directory's check covers it)."""
+    if not cfg.storage.database_url:
+        return False
+    from faxbridge.errors import StoreError
+    from faxbridge.store import open_store
+    try:
+        store = open_store(Path(), database_url=cfg.storage.database_url,
+                           lease_seconds=cfg.storage.node_lease_seconds, pool_size=1)
+    except StoreError as exc:
+        print(f"storage.database_url: {exc}")
+        return True
+    try:
+        info = store.database()
+    finally:
+        store.close()
+    print(f"database: {info['location']} reachable, schema version {info['schema_version']}, "
+          f"{info['nodes_alive'] - 1} other node(s) alive")
+    return False
 
 
 def _template_problems(cfg: config_mod.Config) -> bool:
@@ -67,6 +96,8 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = with_config(sub.add_parser("check", help="validate a config file"))
+    s.add_argument("--database-url", metavar="URL",
+                   help="check this PostgreSQL (else FAXBRIDGE_DATABASE_URL or the config's)")
     s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("example-config",

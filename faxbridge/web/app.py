@@ -33,6 +33,8 @@ def build_web_app(db: Db, config: ConfigProvider, health: Health, retarus: Retar
         try:
             await db.run(db.store.writable)
             checks["store"] = "ok (writable)"
+            # which database, its schema version (and, shared, this node and its peers)
+            checks["database"] = await db.run(db.store.database)
         except Exception as exc:  # noqa: BLE001
             checks["store"] = f"error: {exc}"
             reasons.append(f"store: {exc}")
