@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import random
 from pathlib import Path
@@ -23,6 +24,7 @@ from psycopg.rows import dict_row
 from tests.conftest import (
     ALL_SENDERS_TOML,
     Proc,
+    arun_faxbridge,
     demo_topic_toml,
     retarus_toml,
     serve_args,
@@ -124,6 +126,18 @@ async def test_two_nodes_one_database_kill9_one_at_a_time(tmp_path, procs, monke
     assert len(threads_of) == len(set(threads_of)), f"a report was mailed twice {why}"
     assert len(threads_of) == len(finished), why
     assert sorted(fax_ids(mails_to("in@example.com"))) == sorted(injected), why
+
+    # any node's views show the whole cluster: /readyz names the database, and the
+    # command line lists every node's jobs
+    async with httpx.AsyncClient() as c:
+        ready = (await c.get(f"{(await nodes['b'].listening()).http}/readyz")).json()
+    db = ready["checks"]["database"]
+    assert db["backend"] == "postgresql" and db["schema_version"] == 1
+    assert db["nodes_alive"] == 2, db
+    listed = await arun_faxbridge("jobs", "list", "--database-url", database_url, "--json",
+                                  "--limit", "100000")
+    assert listed.returncode == 0, listed.stderr
+    assert {j["id"] for j in json.loads(listed.stdout)} == set(jobs)
 
     # every start was a node of its own (a restarted node does not inherit claims)
     nodes_seen = rows(database_url, "SELECT id FROM nodes")

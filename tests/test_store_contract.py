@@ -288,3 +288,21 @@ def test_unreachable_database_is_a_store_error(tmp_path):
     with pytest.raises(StoreError, match="cannot open store") as err:
         open_store(tmp_path, 1000, f"postgresql://nobody:secret@127.0.0.1:{free_port()}/x")
     assert "secret" not in str(err.value)  # the password is never shown
+
+
+def test_check_reports_the_database(database_url, monkeypatch):
+    from tests.conftest import run_faxbridge
+    ok = run_faxbridge("check", "--database-url", database_url)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "reachable, schema version 1" in ok.stdout
+    assert "PostgreSQL at 127.0.0.1:" in ok.stdout  # the summary, without a password
+    from tests.pgserver import free_port
+    bad = run_faxbridge("check", "--database-url",
+                        f"postgresql://fb:pw-secret@127.0.0.1:{free_port()}/none")
+    assert bad.returncode == 1
+    assert "storage.database_url: cannot open store postgresql://fb:***@" in bad.stdout
+    assert "pw-secret" not in bad.stdout + bad.stderr
+    monkeypatch.setenv("FAXBRIDGE_DATABASE_URL", "mysql://x@127.0.0.1/db")
+    wrong = run_faxbridge("check")
+    assert wrong.returncode == 1
+    assert "FAXBRIDGE_DATABASE_URL: Value error, expected a postgresql://" in wrong.stdout

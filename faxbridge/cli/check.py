@@ -16,7 +16,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     preflight `serve` runs at start and on every reload."""
     from faxbridge.preflight import preflight
     try:
-        cfg = load_config(args.config)
+        # --database-url, else FAXBRIDGE_DATABASE_URL, else the file's
+        cfg = config_mod.with_database_url(load_config(args.config), args.database_url)
     except ConfigError as exc:
         print(f"{exc.source or 'config'}: {len(exc.problems)} error(s)")
         for p in exc.problems:
@@ -28,10 +29,6 @@ def cmd_check(args: argparse.Namespace) -> int:
         for p in pre.errors:
             print(f"  {p}")
     bad_templates = _template_problems(cfg)
-    try:
-        cfg = config_mod.with_database_url(cfg, args.database_url)
-    except ConfigError as exc:
-        pre.errors.extend(exc.problems)
     bad_database = _database_problems(cfg)
     if pre.errors or bad_templates or bad_database:
         for w in pre.warnings:

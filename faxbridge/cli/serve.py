@@ -23,7 +23,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure(cfg.logging.format, "DEBUG" if args.verbose else cfg.logging.level)
     if args.config is None:
         print("no --config given: running on the embedded default (Retarus simulator, "
-              "Maildir, SQLite); loopback may fax any valid number")
+              f"Maildir, {'PostgreSQL' if cfg.storage.database_url else 'SQLite'}); "
+              "loopback may fax any valid number")
     from faxbridge.errors import StoreError
     from faxbridge.mail.compose import TemplateError
     from faxbridge.web.server import ListenError

@@ -105,6 +105,14 @@ class PostgresStore:
         self.lease_seconds = lease_seconds
         self.me = node or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         try:
+            # one plain connection first: an unreachable server or a refused login is
+            # reported at once with the server's reason (the pool would retry quietly
+            # until its timeout and only say that it timed out)
+            psycopg.connect(url, connect_timeout=int(connect_timeout)).close()
+        except psycopg.Error as exc:
+            reason = " ".join(str(exc).split())  # libpq's reason spans lines
+            raise StoreError(f"cannot open store {self.where}: {reason}") from exc
+        try:
             self.pool = ConnectionPool(
                 url, min_size=1, max_size=pool_size, open=False, name="faxbridge",
                 kwargs={"row_factory": dict_row, "connect_timeout": int(connect_timeout),
