@@ -52,7 +52,8 @@ def _database_problems(cfg: config_mod.Config) -> bool:
     from faxbridge.store import open_store
     try:
         store = open_store(Path(), database_url=cfg.storage.database_url,
-                           lease_seconds=cfg.storage.node_lease_seconds, pool_size=1)
+                           lease_seconds=cfg.storage.node_lease_seconds, pool_size=1,
+                           as_node=False)
     except StoreError as exc:
         print(f"storage.database_url: {exc}")
         return True
@@ -61,7 +62,7 @@ def _database_problems(cfg: config_mod.Config) -> bool:
     finally:
         store.close()
     print(f"database: {info['location']} reachable, schema version {info['schema_version']}, "
-          f"{info['nodes_alive'] - 1} other node(s) alive")
+          f"{info['nodes_alive']} node(s) alive")
     return False
 
 

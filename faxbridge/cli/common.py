@@ -37,7 +37,8 @@ def open_store(args: argparse.Namespace) -> Store:
                                        getattr(args, "database_url", None))
     if cfg.storage.database_url:  # the cluster's database: every node's jobs and mails
         return open_db(Path(), database_url=cfg.storage.database_url,
-                       lease_seconds=cfg.storage.node_lease_seconds, pool_size=2)
+                       lease_seconds=cfg.storage.node_lease_seconds, pool_size=2,
+                       as_node=False)
     data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else cfg.storage.data_dir
     db = data_dir / "faxbridge.sqlite3"
     if not db.exists():

@@ -91,7 +91,10 @@ class PostgresStore:
     """Implements store.protocol.Store on a PostgreSQL database shared by the nodes."""
 
     def __init__(self, url: str, *, pool_size: int = 8, lease_seconds: float = 30.0,
-                 node: str | None = None, connect_timeout: float = 10.0) -> None:
+                 node: str | None = None, connect_timeout: float = 10.0,
+                 as_node: bool = True) -> None:
+        """`as_node=False` (the command line): look and act on the rows, but take part
+        in no claims: no node row, no heartbeat."""
         try:
             import psycopg
             from psycopg.rows import dict_row
@@ -122,11 +125,13 @@ class PostgresStore:
         except Exception as exc:  # noqa: BLE001 - a pool timeout or a driver error
             raise StoreError(f"cannot open store {self.where}: {exc}") from exc
         self.schema_version = self._migrate()
-        self._register()
+        self.as_node = as_node
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, name="store-heartbeat",
                                       daemon=True)
-        self._beat.start()
+        if as_node:
+            self._register()
+            self._beat.start()
 
     # ------------------------------------------------------------ plumbing
     @contextmanager
@@ -188,6 +193,9 @@ class PostgresStore:
         """Stop the heartbeat and give up this node's claims and leads at once, so the
         other nodes need not wait for the lease to run out."""
         self._stop.set()
+        if not self.as_node:
+            self.pool.close()
+            return
         self._beat.join(5)
         try:
             with self.tx() as c:
