@@ -292,9 +292,15 @@ def test_unreachable_database_is_a_store_error(tmp_path):
 
 def test_check_reports_the_database(database_url, monkeypatch):
     from tests.conftest import run_faxbridge
+    # an empty database: reachable, no schema yet, and check leaves it so
+    fresh = run_faxbridge("check", "--database-url", database_url)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert "reachable, schema version 0 (this faxbridge uses 1; `serve` creates or " \
+        "migrates it at start), 0 node(s) alive" in fresh.stdout
+    open_store(Path(), database_url=database_url).close()  # as a bridge at its start
     ok = run_faxbridge("check", "--database-url", database_url)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "reachable, schema version 1" in ok.stdout
+    assert "reachable, schema version 1, 0 node(s) alive" in ok.stdout
     assert "PostgreSQL at 127.0.0.1:" in ok.stdout  # the summary, without a password
     from tests.pgserver import free_port
     bad = run_faxbridge("check", "--database-url",

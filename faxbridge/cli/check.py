@@ -43,9 +43,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _database_problems(cfg: config_mod.Config) -> bool:
-    """A configured PostgreSQL: reachable, and its schema (created or migrated as a
-    bridge would at start). Prints one line either way; SQLite needs no check here
-    (the data directory's check covers it)."""
+    """A configured PostgreSQL: reachable, and its schema version (read, never
+    changed). Prints one line either way; SQLite needs no check here (the data
+    directory's check covers it)."""
     if not cfg.storage.database_url:
         return False
     from faxbridge.errors import StoreError
@@ -53,7 +53,7 @@ def _database_problems(cfg: config_mod.Config) -> bool:
     try:
         store = open_store(Path(), database_url=cfg.storage.database_url,
                            lease_seconds=cfg.storage.node_lease_seconds, pool_size=1,
-                           as_node=False)
+                           as_node=False, migrate=False)
     except StoreError as exc:
         print(f"storage.database_url: {exc}")
         return True
@@ -61,7 +61,14 @@ def _database_problems(cfg: config_mod.Config) -> bool:
         info = store.database()
     finally:
         store.close()
-    print(f"database: {info['location']} reachable, schema version {info['schema_version']}, "
+    have, want = info["schema_version"], info["schema_expected"]
+    if have > want:
+        print(f"storage.database_url: {info['location']}: schema version {have} is newer "
+              f"than this faxbridge's ({want}); a bridge would refuse to start on it")
+        return True
+    note = "" if have == want else (
+        f" (this faxbridge uses {want}; `serve` creates or migrates it at start)")
+    print(f"database: {info['location']} reachable, schema version {have}{note}, "
           f"{info['nodes_alive']} node(s) alive")
     return False
 

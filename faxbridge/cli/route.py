@@ -36,11 +36,17 @@ def _rate_counts(cfg: config_mod.Config, args: argparse.Namespace) -> tuple[dict
     (the listener counts the same rows); else zero, and the output says so."""
     from faxbridge.intake.accept import WINDOWS, envelope_address
     from faxbridge.store import open_store
+    cfg = config_mod.with_database_url(cfg, args.database_url)
     data_dir = Path(args.data_dir) if args.data_dir else cfg.storage.data_dir
-    db = data_dir / "faxbridge.sqlite3"
-    if not db.exists():
+    db: Path | str = data_dir / "faxbridge.sqlite3"
+    if cfg.storage.database_url:  # a cluster counts in its shared database
+        store = open_store(Path(), database_url=cfg.storage.database_url, pool_size=1,
+                           as_node=False)
+        db = store.database()["location"]
+    elif not Path(db).exists():
         return {}, f"no store at {db}: counted as 0 faxes"
-    store = open_store(db)
+    else:
+        store = open_store(Path(db))
     try:
         now, sender = time.time(), (envelope_address(args.sender) or "").lower()
         counts = {label: store.count_jobs_since(sender, now - seconds)
@@ -60,5 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--peer", default="127.0.0.1", help="client IP (default 127.0.0.1)")
     s.add_argument("--tls", action="store_true", help="the client did STARTTLS")
     s.add_argument("--data-dir", help="where to count the sender's faxes for rate limits")
+    s.add_argument("--database-url", metavar="URL",
+                   help="a cluster's PostgreSQL, to count the sender's faxes in")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_route)

@@ -92,9 +92,10 @@ class PostgresStore:
 
     def __init__(self, url: str, *, pool_size: int = 8, lease_seconds: float = 30.0,
                  node: str | None = None, connect_timeout: float = 10.0,
-                 as_node: bool = True) -> None:
+                 as_node: bool = True, migrate: bool = True) -> None:
         """`as_node=False` (the command line): look and act on the rows, but take part
-        in no claims: no node row, no heartbeat."""
+        in no claims: no node row, no heartbeat. `migrate=False` (`faxbridge check`):
+        only look at the schema version, change nothing."""
         try:
             import psycopg
             from psycopg.rows import dict_row
@@ -124,7 +125,7 @@ class PostgresStore:
             self.pool.open(wait=True, timeout=connect_timeout)
         except Exception as exc:  # noqa: BLE001 - a pool timeout or a driver error
             raise StoreError(f"cannot open store {self.where}: {exc}") from exc
-        self.schema_version = self._migrate()
+        self.schema_version = self._migrate() if migrate else self._version()
         self.as_node = as_node
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, name="store-heartbeat",
@@ -171,6 +172,13 @@ class PostgresStore:
                 c.execute("UPDATE schema_version SET version=%s", (i + 1,))
                 log.info("database %s migrated to schema %d", self.where, i + 1)
         return SCHEMA_VERSION
+
+    def _version(self) -> int:
+        with self.tx() as c:
+            if c.execute("SELECT to_regclass('schema_version') AS t").fetchone()["t"] is None:
+                return 0
+            row = c.execute("SELECT version FROM schema_version").fetchone()
+            return int(row["version"]) if row else 0
 
     def _register(self) -> None:
         with self.tx() as c:
@@ -684,11 +692,14 @@ class PostgresStore:
         return bool(rows)
 
     def database(self) -> dict[str, Any]:
-        row = self.query("SELECT version FROM schema_version")[0]
-        nodes = self.query(f"SELECT COUNT(*) AS n FROM nodes WHERE lease_until > {NOW}")[0]
+        version = self._version()
+        alive = 0
+        if version:
+            alive = int(self.query(
+                f"SELECT COUNT(*) AS n FROM nodes WHERE lease_until > {NOW}")[0]["n"])
         return {"backend": "postgresql", "location": self.where,
-                "schema_version": int(row["version"]), "node": self.me,
-                "nodes_alive": int(nodes["n"])}
+                "schema_version": version, "schema_expected": SCHEMA_VERSION,
+                "node": self.me if self.as_node else None, "nodes_alive": alive}
 
     def queues(self) -> dict[str, tuple[int, float | None]]:
         out = {}

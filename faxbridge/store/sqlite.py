@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from faxbridge.store.db import Database
+from faxbridge.store.db import SCHEMA_VERSION, Database
 from faxbridge.store.inbound import SqliteInbound
 from faxbridge.store.jobs import SqliteJobs
 from faxbridge.store.mailout import SqliteMailOut
@@ -54,4 +54,4 @@ class SqliteStore(SqliteJobs, SqliteInbound, SqliteSmtpLog, SqliteMailOut):
     def database(self) -> dict[str, Any]:
         version = int(self.db.query("PRAGMA user_version")[0][0])
         return {"backend": "sqlite", "location": str(self.db.path),
-                "schema_version": version}
+                "schema_version": version, "schema_expected": SCHEMA_VERSION}
