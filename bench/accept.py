@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 from pathlib import Path
 
@@ -69,6 +70,12 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     # 1000: at 300 a 10 KB run at concurrency 20 lasts ~2 s and the ratio wobbles ±0.05
     ap.add_argument("--messages", type=int, default=1000)
+    # The bridge on PostgreSQL instead of SQLite (README "Running two or more nodes"):
+    # it inherits FAXBRIDGE_DATABASE_URL; the results go to <name>-postgres.json.
+    ap.add_argument("--database-url", metavar="URL")
     a = ap.parse_args()
-    path = write_result("accept", asyncio.run(run(a.messages)))
+    if a.database_url:
+        os.environ["FAXBRIDGE_DATABASE_URL"] = a.database_url
+    suffix = "-postgres" if a.database_url else ""
+    path = write_result("accept" + suffix, asyncio.run(run(a.messages)))
     print(f"written {path}")

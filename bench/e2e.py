@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -63,5 +64,11 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--rate", type=float, default=20)
     ap.add_argument("--seconds", type=float, default=60)
+    # The bridge on PostgreSQL instead of SQLite (README "Running two or more nodes"):
+    # it inherits FAXBRIDGE_DATABASE_URL; the results go to <name>-postgres.json.
+    ap.add_argument("--database-url", metavar="URL")
     a = ap.parse_args()
-    print(f"written {write_result('e2e', asyncio.run(run(a.rate, a.seconds)))}")
+    if a.database_url:
+        os.environ["FAXBRIDGE_DATABASE_URL"] = a.database_url
+    suffix = "-postgres" if a.database_url else ""
+    print(f"written {write_result('e2e' + suffix, asyncio.run(run(a.rate, a.seconds)))}")

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from faxbridge.config import Config
+from faxbridge.config import Config, with_database_url
 from faxbridge.errors import ConfigError
 from faxbridge.housekeeping import Housekeeper
 from faxbridge.inbound.deliver import Deliverer, FaxMail
@@ -68,6 +68,7 @@ class Overrides:
     smtp_listen: str | None = None
     http_listen: str | None = None
     simulator_listen: str | None = None
+    database_url: str | None = None
 
 
 def apply_overrides(cfg: Config, o: Overrides) -> Config:
@@ -81,7 +82,8 @@ def apply_overrides(cfg: Config, o: Overrides) -> Config:
         upd["http"] = cfg.http.model_copy(update={"listen": o.http_listen})
     if o.simulator_listen:
         upd["simulator"] = cfg.simulator.model_copy(update={"listen": o.simulator_listen})
-    return cfg.model_copy(update=upd)
+    # --database-url, else FAXBRIDGE_DATABASE_URL, else the file's storage.database_url
+    return with_database_url(cfg.model_copy(update=upd), o.database_url)
 
 
 class Bridge:
@@ -174,7 +176,9 @@ class Bridge:
             raise TemplateError(problems)
         data_dir = cfg.storage.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = db = Db(open_store(data_dir / "faxbridge.sqlite3", cfg.storage.busy_timeout_ms))
+        self.db = db = Db(open_store(data_dir / "faxbridge.sqlite3", cfg.storage.busy_timeout_ms,
+                                     cfg.storage.database_url,
+                                     lease_seconds=cfg.storage.node_lease_seconds))
         self.committer = GroupCommitter(db.store, db.run)
         if cfg.retarus.mode == "simulator" and not cfg.retarus.send_url:
             self.sim_state = SimState(customer_number=cfg.retarus.customer_number,
@@ -492,6 +496,10 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
     if "push" in addrs:  # its own line: the listening line's format is relied on
         print_fn(f"status push webhook: {addrs['push']}{PUSH_PATH}")
     print_fn(f"data directory: {cfg.storage.data_dir.resolve()}")
+    if cfg.storage.database_url and bridge.db is not None:
+        info = bridge.db.store.database()
+        print_fn(f"database: {info['location']} (schema {info['schema_version']}), "
+                 f"this node {info.get('node')}")
     try:
         await done.wait()
     finally:

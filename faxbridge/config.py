@@ -402,6 +402,21 @@ class StorageConfig(Model):
     inbound_payload_retention_days: int | None = Field(default=None, gt=0)
     # How long a commit waits for a lock before the SMTP client gets 451 4.3.0.
     busy_timeout_ms: int = Field(default=10000, ge=0)
+    # PostgreSQL shared by several bridges (README "Running two or more nodes");
+    # None: SQLite under data_dir. FAXBRIDGE_DATABASE_URL and --database-url win.
+    database_url: str | None = None
+    # A node that has not renewed its lease for this long is dead for the others,
+    # which then take over its claimed work (PostgreSQL only).
+    node_lease_seconds: float = Field(default=30.0, ge=1.0, le=3600.0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("expected a postgresql://user@host:port/database URL")
+        return v
 
 
 class HttpConfig(Model):
@@ -601,6 +616,31 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"not valid TOML: {exc}"], str(path)) from None
 
 
+DATABASE_URL_ENV = "FAXBRIDGE_DATABASE_URL"
+
+
+def with_database_url(cfg: Config, flag: str | None = None) -> Config:
+    """storage.database_url as the command line, then the environment, then the file
+    say (README "Running two or more nodes")."""
+    url = flag or os.environ.get(DATABASE_URL_ENV) or cfg.storage.database_url
+    if url == cfg.storage.database_url:
+        return cfg
+    try:
+        storage = StorageConfig.model_validate(
+            {**cfg.storage.model_dump(), "database_url": url})
+    except ValidationError as exc:
+        where = "--database-url" if flag else DATABASE_URL_ENV
+        raise ConfigError([f"{where}: {e['msg']}" for e in exc.errors()]) from None
+    return cfg.model_copy(update={"storage": storage})
+
+
+def _host_of(url: str) -> str:
+    # the summary never shows the URL's password
+    from urllib.parse import urlsplit
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 5432}{parts.path}"
+
+
 def summary(cfg: Config) -> list[str]:
     """The one-screen summary `faxbridge check` prints."""
     lines = [
@@ -616,7 +656,9 @@ def summary(cfg: Config) -> list[str]:
         f"mail:     {cfg.mail.transport}"
         + (f" via {cfg.mail.relay.host}:{cfg.mail.relay.port}"
            if cfg.mail.transport == "smtp" else ""),
-        f"storage:  {cfg.storage.data_dir}",
+        f"storage:  {cfg.storage.data_dir}" + (
+            f", PostgreSQL at {_host_of(cfg.storage.database_url)}"
+            if cfg.storage.database_url else ", SQLite"),
         f"http:     listen {cfg.http.listen}",
     ]
     return lines

@@ -60,6 +60,8 @@ class Housekeeper(Runner[float]):
         self.idle = every
 
     async def claim(self, limit: int, busy: frozenset[Hashable]) -> list[float]:
+        if not await self.db.run(self.db.store.lead, "housekeeping"):
+            return []  # another node on the same database does it
         days = self.config.current.storage.smtp_log_retention_days
         return [self.clock() - days * 86400]
 

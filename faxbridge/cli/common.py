@@ -33,7 +33,12 @@ def open_store(args: argparse.Namespace) -> Store:
     """The store of --data-dir, else of the config's data directory; never a new one
     (a typo in the path must not look like an empty bridge)."""
     from faxbridge.store import open_store as open_db
-    cfg = load_config(args.config)
+    cfg = config_mod.with_database_url(load_config(args.config),
+                                       getattr(args, "database_url", None))
+    if cfg.storage.database_url:  # the cluster's database: every node's jobs and mails
+        return open_db(Path(), database_url=cfg.storage.database_url,
+                       lease_seconds=cfg.storage.node_lease_seconds, pool_size=2,
+                       as_node=False)
     data_dir = Path(args.data_dir) if getattr(args, "data_dir", None) else cfg.storage.data_dir
     db = data_dir / "faxbridge.sqlite3"
     if not db.exists():

@@ -54,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("id", nargs="?", help="fax id (topic/id or the Retarus id)")
     s.add_argument("--to", action="append", metavar="ADDR", help="(resend) other address(es)")
     s.add_argument("--data-dir")
+    s.add_argument("--database-url", metavar="URL", help="PostgreSQL of a cluster")
     s.add_argument("--limit", type=int, default=100)
     s.add_argument("--json", action="store_true")
     s.add_argument("--payload-only", action="store_true",

@@ -100,6 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    default="list")
     s.add_argument("id", nargs="?")
     s.add_argument("--data-dir")
+    s.add_argument("--database-url", metavar="URL", help="PostgreSQL of a cluster")
     s.add_argument("--state")
     s.add_argument("--sender")
     s.add_argument("--limit", type=int, default=50)

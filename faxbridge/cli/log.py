@@ -63,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     s.add_argument("id", nargs="?")
     s.add_argument("--data-dir")
+    s.add_argument("--database-url", metavar="URL", help="PostgreSQL of a cluster")
     s.add_argument("--failed", action="store_true")
     s.add_argument("--sender")
     s.add_argument("--number")

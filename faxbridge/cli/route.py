@@ -8,21 +8,29 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from faxbridge import config as config_mod
 from faxbridge.cli.common import load_config, print_json, with_config
 
 
 def cmd_route(args: argparse.Namespace) -> int:
     from faxbridge.operations import explain_route
     from faxbridge.store import open_store
-    cfg = load_config(args.config)
+    cfg = config_mod.with_database_url(load_config(args.config), args.database_url)
     data_dir = Path(args.data_dir) if args.data_dir else cfg.storage.data_dir
-    path = data_dir / "faxbridge.sqlite3"
+    where = str(data_dir / "faxbridge.sqlite3")
     # the store the listener counts in, when there is one (the dashboard's route
-    # form runs the same explain_route on the running bridge's store)
-    store = open_store(path) if path.exists() else None
+    # form runs the same explain_route on the running bridge's store); a cluster
+    # counts in its shared database
+    store = None
+    if cfg.storage.database_url:
+        store = open_store(Path(), database_url=cfg.storage.database_url, pool_size=1,
+                           as_node=False)
+        where = store.database()["location"]
+    elif Path(where).exists():
+        store = open_store(Path(where))
     try:
         out = explain_route(cfg, store, sender=args.sender, recipients=args.to,
-                            peer=args.peer, user=args.user, tls=args.tls, where=str(path))
+                            peer=args.peer, user=args.user, tls=args.tls, where=where)
     finally:
         if store is not None:
             store.close()
@@ -48,5 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--peer", default="127.0.0.1", help="client IP (default 127.0.0.1)")
     s.add_argument("--tls", action="store_true", help="the client did STARTTLS")
     s.add_argument("--data-dir", help="where to count faxes for rate limits (per sender, client, number)")
+    s.add_argument("--database-url", metavar="URL",
+                   help="a cluster's PostgreSQL, to count the faxes in")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_route)

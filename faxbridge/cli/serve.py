@@ -17,20 +17,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = Overrides(
         data_dir=Path(args.data_dir) if args.data_dir else None,
         smtp_listen=args.smtp_listen, http_listen=args.http_listen,
-        simulator_listen=args.simulator_listen)
+        simulator_listen=args.simulator_listen, database_url=args.database_url)
     cfg = apply_overrides(cfg, overrides)
     from faxbridge.logsetup import configure
     configure(cfg.logging.format, "DEBUG" if args.verbose else cfg.logging.level)
     if args.config is None:
         print("no --config given: running on the embedded default (Retarus simulator, "
-              "Maildir, SQLite); loopback may fax any valid number")
+              f"Maildir, {'PostgreSQL' if cfg.storage.database_url else 'SQLite'}); "
+              "loopback may fax any valid number")
+    from faxbridge.errors import StoreError
     from faxbridge.mail.compose import TemplateError
     from faxbridge.web.server import ListenError
     try:
         asyncio.run(run(cfg, print_fn=lambda s: print(s, flush=True),
                         config_path=Path(args.config) if args.config else None,
                         overrides=overrides))
-    except (ListenError, TemplateError) as exc:
+    except (ListenError, TemplateError, StoreError) as exc:
         print(f"faxbridge: {exc}", file=sys.stderr)
         return 1
     except ConfigError as exc:
@@ -68,6 +70,9 @@ def cmd_simulator(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     s = with_config(sub.add_parser("serve", help="run the bridge"))
     s.add_argument("--data-dir", metavar="DIR")
+    s.add_argument("--database-url", metavar="URL",
+                   help="PostgreSQL shared by several bridges (else SQLite in the data dir; "
+                        "also FAXBRIDGE_DATABASE_URL)")
     s.add_argument("--smtp-listen", metavar="HOST:PORT")
     s.add_argument("--http-listen", metavar="HOST:PORT")
     s.add_argument("--simulator-listen", metavar="HOST:PORT")

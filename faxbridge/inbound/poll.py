@@ -35,7 +35,7 @@ AUTH_RETRY_SECONDS = 300.0
 class TopicState:
     """What /readyz and the metrics tell about a topic."""
 
-    status: str = "starting"          # ok, auth-refused, error
+    status: str = "starting"          # ok, auth-refused, error, standby (another node polls)
     last_poll: float | None = None
     last_success: float | None = None
     last_error: str | None = None
@@ -79,8 +79,18 @@ class TopicPoller(Runner[PullFax]):
 
     async def claim(self, limit: int, busy: frozenset[Hashable]) -> list[PullFax]:
         """Ack what the previous batch committed, fetch the next batch."""
-        self.state.last_poll = time.time()
         last, pending = self.last, self.state.pending_ack
+        if not await self.db.run(self.db.store.lead, f"topic:{self.topic.name}"):
+            # Another node on the same database polls this topic: two pollers would
+            # split its batches and their acks. Acknowledge what this one committed.
+            if pending:
+                await self.client.poll(self.topic.name, 0, pending)
+                await self.db.run(self.db.store.mark_acked, self.topic.name, list(pending))
+                self.state.pending_ack = []
+            self.last = None
+            self.state.status = "standby"
+            return []
+        self.state.last_poll = time.time()
         if last is not None and last.meta.next and pending and \
                 {f.id for f in last.results} == set(pending):
             resp = await self.client.follow(last.meta.next, "next")

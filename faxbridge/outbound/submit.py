@@ -100,7 +100,11 @@ class Submitter(Runner[Job]):
         nobody looks for any more would sit held until an admin sends it twice."""
         while True:
             try:
-                await self.confirm_unconfirmed()
+                # one node at a time looks (with several nodes on one database); it
+                # also takes over what a node that died left `submitting`
+                if await self.db.run(self.db.store.lead, "confirm"):
+                    await self.recover(at_start=False)
+                    await self.confirm_unconfirmed()
             except Exception:  # noqa: BLE001 - the next pass tries again
                 log.exception("confirmation pass failed; trying again in %.0fs",
                               self.config.current.fax.report_poll_min_seconds)
@@ -185,15 +189,16 @@ class Submitter(Runner[Job]):
         await self.finisher.finish(job, results=results, submitted=False, source="submit",
                                    error=error, expect=("submitting",))
 
-    async def recover(self) -> None:
-        """Jobs left in `submitting` by a crash: the POST may or may not have reached
-        Retarus. They become unconfirmed and go through the confirmation pass: found
-        by customerDefinedId → submitted; not found → held for the admin, never resent."""
+    async def recover(self, at_start: bool = True) -> None:
+        """Jobs left in `submitting` by a crash (of this bridge, or of another node on
+        the same database): the POST may or may not have reached Retarus. They become
+        unconfirmed and go through the confirmation pass: found by customerDefinedId →
+        submitted; not found → held for the admin, never resent."""
         store = self.db.store
-        for job in await self.db.run(store.jobs_in, ("submitting",)):
+        for job in await self.db.run(store.abandoned_submissions, at_start):
             await self.db.run(store.set_job_state, job.id, "held", event="unconfirmed",
                               detail=f"interrupted while submitting; {UNCONFIRMED_HINT}",
-                              error=UNCONFIRMED)
+                              error=UNCONFIRMED, expect=("submitting",))
 
     async def confirm_unconfirmed(self) -> None:
         """Look for unconfirmed jobs at Retarus and promote the ones found.

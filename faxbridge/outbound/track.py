@@ -299,6 +299,8 @@ class ReportCleaner(Runner[tuple[str | None, list[Job]]]):
                     ) -> list[tuple[str | None, list[Job]]]:
         if not self.config.current.retarus.delete_reports:
             return []
+        if not await self.db.run(self.db.store.lead, "report-cleanup"):
+            return []  # another node on the same database does it
         rows = await self.db.run(self.db.store.reports_to_delete)
         known = self.retarus.fax4a.ep.datacenter_urls
         by_dc: dict[str | None, list[Job]] = {}

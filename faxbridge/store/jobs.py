@@ -52,6 +52,10 @@ class SqliteJobs:
             insert_event(c, job_id, "submitting", f"attempt {row['attempts'] + 1}")
         return True
 
+    def abandoned_submissions(self, at_start: bool) -> list[Job]:
+        # one bridge per file: at its start, every `submitting` job is a crash's
+        return self.jobs_in(("submitting",)) if at_start else []
+
     def job(self, job_id: str) -> Job | None:
         rows = self.db.query("SELECT * FROM jobs WHERE id=?", (job_id,))
         return row_as(Job, rows[0]) if rows else None

@@ -4,8 +4,9 @@ one Database (connection, migrations, error mapping)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from faxbridge.store.db import Database
+from faxbridge.store.db import SCHEMA_VERSION, Database
 from faxbridge.store.inbound import SqliteInbound
 from faxbridge.store.jobs import SqliteJobs
 from faxbridge.store.mailout import SqliteMailOut
@@ -47,3 +48,11 @@ class SqliteStore(SqliteJobs, SqliteInbound, SqliteSmtpLog, SqliteMailOut, Sqlit
 
     def integrity_check(self) -> str:
         return str(self.db.query("PRAGMA integrity_check")[0][0])
+
+    def lead(self, name: str) -> bool:
+        return True  # one file, one bridge: it does all the work
+
+    def database(self) -> dict[str, Any]:
+        version = int(self.db.query("PRAGMA user_version")[0][0])
+        return {"backend": "sqlite", "location": str(self.db.path),
+                "schema_version": version, "schema_expected": SCHEMA_VERSION}

@@ -16,6 +16,8 @@ async def readiness(db: Db, health: Health) -> dict[str, Any]:
     try:
         await db.run(db.store.writable)
         checks["store"] = "ok (writable)"
+        # which database, its schema version (and, shared, this node and its peers)
+        checks["database"] = await db.run(db.store.database)
     except Exception as exc:  # noqa: BLE001
         checks["store"] = f"error: {exc}"
         reasons.append(f"store: {exc}")
