@@ -41,6 +41,7 @@ from faxbridge.runner import Runner
 from faxbridge.runtime.config import ConfigProvider
 from faxbridge.runtime.db import Db, Offload
 from faxbridge.runtime.health import Health
+from faxbridge.runtime.listening import write_listening
 from faxbridge.runtime.wakeups import Wakeups
 from faxbridge.simulator.app import SimState, build_app
 from faxbridge.smtp.handler import FaxHandler
@@ -418,6 +419,7 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
             return
         try:
             await bridge.reload(new)
+            write_listening(cfg.storage.data_dir, bridge.addresses())
         except Exception:  # noqa: BLE001 - a failed switch must not kill the bridge
             log.exception("reload (%s) failed while switching", reason)
 
@@ -444,6 +446,7 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
     print_fn(f"faxbridge listening: SMTP {addrs.get('smtp')}, HTTP {addrs.get('http')}"
              + (f", simulator {addrs['simulator']}" if "simulator" in addrs else ""))
     print_fn(f"data directory: {cfg.storage.data_dir.resolve()}")
+    write_listening(cfg.storage.data_dir, addrs)
     try:
         await done.wait()
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 S250_QUEUED = "250 2.0.0 Queued as {job_id}: fax to {numbers}"
 S250_SENDER_OK = "250 2.1.0 Sender OK"
 S250_RCPT_OK = "250 2.1.5 Fax number {number} OK"
+S250_PROBE_OK = "250 2.1.5 Fax number {number} OK (verification only: mail from this sender is not faxed)"
 S450_RATE = ("450 4.7.1 Rate limit of rule '{rule}' reached ({count} faxes in the last {window});"
              " try again later")
 S451_STORE = "451 4.3.0 Temporary failure storing your fax; nothing was queued, try again later"
@@ -22,7 +23,8 @@ S530_AUTH = ("530 5.7.0 Authentication required: your network ({peer}) may only 
              "after SMTP AUTH")
 S550_RELAY = ("550 5.7.1 Relaying denied: {domain} is not a fax domain of this server "
               "(fax domains: {domains})")
-S550_NULL_SENDER = "550 5.7.1 The null sender <> cannot send faxes"
+S550_NULL_SENDER = ("550 5.7.1 The null sender <> cannot send faxes (mail from <> and "
+                    "verification probes are checked up to RCPT only)")
 S550_SENDER = "550 5.7.1 Sender {sender} is not allowed to send faxes (no sender rule matches)"
 S550_DEST = "550 5.7.1 Fax number {number} is blocked by rule '{rule}': {why}"
 S553_NUMBER = "553 5.1.3 Bad fax number in <{address}>: {why}"

@@ -81,8 +81,13 @@ async def test_premium_rate_blocked_naming_the_rule(office):
 
 
 async def test_null_sender(office):
+    """Bounces never become faxes: MAIL FROM:<> is taken (verification probes use
+    it), its recipients are checked by number, and DATA is refused."""
     t = await send(office.smtp_address, mail(), mail_from="")
-    assert t.mail == (550, "5.7.1 The null sender <> cannot send faxes")
+    assert t.mail[0] == 250 and t.rcpt[0][0] == 250
+    assert t.data == (550, "5.7.1 The null sender <> cannot send faxes (mail from <> and "
+                           "verification probes are checked up to RCPT only)")
+    assert await sim_jobs(office.sim_url) == []
 
 
 async def test_nothing_to_fax_lists_the_parts(make_bridge):

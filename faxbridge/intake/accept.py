@@ -13,6 +13,7 @@ command's run of them in the listener's order) must change together.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from email._header_value_parser import get_angle_addr
@@ -53,6 +54,7 @@ class Decision:
     rule: SenderRule | None = None  # RCPT: the sender rule, once one matched
     why: str | None = None          # RCPT: the destination check's result
     duplicate: bool = False         # RCPT: a number this mail has already
+    probe: bool = False             # RCPT: answered for a verification probe only
     # RCPT: the rate limits still to be checked. The caller counts the sender's
     # faxes in each window and asks again with the counts (no store in here).
     pending: tuple[Window, ...] = ()
@@ -81,6 +83,9 @@ class Client:
     peer: str | None
     auth_user: str | None = None  # the user the client authenticated as (AUTH succeeded)
     tls: bool = False
+    # The original client's address as the MTA in front told it (XFORWARD ADDR, only
+    # from smtp.xforward_networks): `net:` sender rules judge this one.
+    origin: str | None = None
 
 
 @dataclass
@@ -93,14 +98,18 @@ class MailState:
     # (e164, address, pretty) of each accepted number, without duplicates
     numbers: list[tuple[str, str, str]] = field(default_factory=list)
     rule: SenderRule | None = None  # the rule of the first accepted recipient
+    probe: bool = False        # a verification probe's RCPT was answered: DATA is refused
 
     def who(self) -> Who:
         return Who(sender=self.sender.lower(), auth_user=self.client.auth_user,
-                   peer_ip=self.client.peer)
+                   peer_ip=self.client.origin or self.client.peer)
 
     def record(self, address: str, d: Decision) -> None:
         """Take an accepted RCPT into the transaction."""
         if not d.accepted:
+            return
+        if d.probe:
+            self.probe = True
             return
         self.rcpt_count += 1
         self.rule = self.rule or d.rule
@@ -169,13 +178,26 @@ def mail(cfg: Config, client: Client, sender: str) -> Decision:
         steps.append(f"peer {client.peer} is not in smtp.trusted_networks ({nets}) and "
                      "the client did not authenticate")
         return Decision(replies.S530_AUTH.format(peer=client.peer), tuple(steps))
-    if sender in ("", "<>"):
-        # A null sender cannot be told the fax's outcome, and bounces must never
-        # become faxes (a mail loop costs money per page).
-        steps.append("the null sender is a bounce")
-        return Decision(replies.S550_NULL_SENDER, tuple(steps))
+    if client.origin is not None:
+        steps.append(f"forwarded for client {client.origin} (XFORWARD from {client.peer}, "
+                     "in smtp.xforward_networks)")
+    if is_probe(cfg, sender):
+        # Taken up to RCPT only: an MTA in front (Postfix reject_unverified_recipient)
+        # asks whether a fax number exists this way. DATA is refused, so a bounce never
+        # becomes a fax (a mail loop costs money per page) and no outcome has to be
+        # told to a sender who cannot receive it.
+        steps.append(f"sender {sender or '<>'} is the null sender or a verification probe "
+                     "(smtp.probe_senders): recipients are checked, nothing is faxed")
+        return Decision(replies.S250_SENDER_OK, tuple(steps))
     steps.append(f"sender {sender}")
     return Decision(replies.S250_SENDER_OK, tuple(steps))
+
+
+def is_probe(cfg: Config, sender: str) -> bool:
+    """The null sender, or a sender of recipient verification probes."""
+    s = sender.lower()
+    return s in ("", "<>") or any(fnmatch.fnmatchcase(s, p.lower())
+                                  for p in cfg.smtp.probe_senders)
 
 
 # --------------------------------------------------------------- recipient
@@ -206,6 +228,11 @@ def recipient(cfg: Config, state: MailState, address: str,
         return done(replies.S553_NUMBER.format(address=address, why=parsed.error))
     fields.update(number=parsed.number, pretty=parsed.pretty)
     steps.append(f"number {local!r} → {parsed.number} ({parsed.pretty})")
+    if is_probe(cfg, state.sender):
+        # No sender rule can match a probe's sender; the question is only whether
+        # the number exists. DATA is refused for this sender.
+        steps.append("verification probe: the number is valid; DATA would be refused")
+        return done(replies.S250_PROBE_OK.format(number=parsed.pretty), probe=True)
     who = state.who()
     rule = find_rule(cfg.senders, who)
     if rule is None:
