@@ -65,7 +65,8 @@ class PrivatePostfix:
         self.ports = {name: _loopback_port() for name in (extra_smtpd or {})}
         for d in (self.config_dir, self.queue_dir, self.data_dir):
             d.mkdir()
-        shutil.chown(self.queue_dir, "postfix", "root")
+        # the queue's top directory is root's; Postfix makes its subdirectories
+        shutil.chown(self.queue_dir, "root", "root")
         shutil.chown(self.data_dir, "postfix", "postfix")
         main = {
             "compatibility_level": "3.6",
@@ -101,7 +102,7 @@ class PrivatePostfix:
         services = [f"127.0.0.1:{self.port} inet n - n - - smtpd"]
         for name, opts in (extra_smtpd or {}).items():
             services.append(f"127.0.0.1:{self.ports[name]} inet n - n - - smtpd\n"
-                            + "".join(f"  -o {k}={v}\n" for k, v in opts.items()).rstrip())
+                            + "".join(f"  -o {{ {k} = {v} }}\n" for k, v in opts.items()).rstrip())
         services += [
             "pickup unix n - n 60 1 pickup",
             "cleanup unix n - n - 0 cleanup",
@@ -165,12 +166,29 @@ class PrivatePostfix:
             return "(no maillog)"
 
     def stop(self) -> None:
-        out = self._postfix("stop")
-        pid_file = self.queue_dir / "pid" / "master.pid"
+        try:
+            pid = int((self.queue_dir / "pid" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pid = None
+        self._postfix("stop")
+        # `postfix stop` returns before the master and its children are gone
         deadline = time.monotonic() + 30
-        # `postfix stop` returns before the master is gone: wait for its pid file.
-        while pid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if pid_file.exists() and out.returncode != 0:
+        while pid is not None and _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid is not None and _alive(pid):
             self._postfix("abort")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie is gone for our purpose (its parent is not us)
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False

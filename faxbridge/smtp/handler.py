@@ -139,10 +139,6 @@ class FaxHandler:
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         tx: Tx | None = getattr(session, "fb_tx", None)
-        if tx is not None and tx.state.probe:  # null sender / probe: checked, never faxed
-            tx.record.reply = replies.S550_NULL_SENDER
-            self.flush(session)
-            return tx.record.reply
         if tx is None or not tx.state.numbers:
             return replies.S503_NEED_RCPT
         t0 = time.perf_counter()

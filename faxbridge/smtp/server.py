@@ -192,6 +192,14 @@ class FaxSMTP(SMTP):
         if arg:
             await self.push(replies.S501_DATA_ARG)
             return
+        tx = getattr(self.session, "fb_tx", None)
+        if tx is not None and tx.state.probe and isinstance(self.event_handler, FaxHandler):
+            # mail from <> or a verification probe: its recipients were checked, its
+            # content is never faxed, so it is refused before it is sent at all
+            tx.record.reply = replies.S550_NULL_SENDER
+            self.event_handler.flush(self.session)
+            await self.push(replies.S550_NULL_SENDER)
+            return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         buf = bytearray()
         limit = self.data_size_limit
