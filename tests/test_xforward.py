@@ -5,6 +5,7 @@ Postfix is installed."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import smtplib
 
 from tests.conftest import sim_jobs
@@ -30,7 +31,8 @@ async def test_xforward_only_from_xforward_networks(make_bridge):
     assert answers[1] == (550, "5.7.0 Error: insufficient authorization")
 
 
-async def test_xforward_addr_is_what_net_rules_judge(make_bridge):
+async def test_xforward_addr_is_what_net_rules_judge(make_bridge, caplog):
+    caplog.set_level(logging.INFO, logger="faxbridge.smtp")
     bridge = await make_bridge(smtp={"xforward_networks": ["127.0.0.1/32"]},
                                senders=[{"name": "lan", "match": ["net:10.1.2.0/24"]}])
     answers = await asyncio.to_thread(
@@ -49,6 +51,10 @@ async def test_xforward_addr_is_what_net_rules_judge(make_bridge):
     assert bridge.store is not None
     rec = bridge.store.list_log()[-1]  # oldest first of two
     assert rec.peer == "10.1.2.3 via 127.0.0.1", rec
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("abandoned")]
+    assert lines[0].startswith("abandoned: peer=127.0.0.1 client=10.1.2.3 "
+                               "from=<alice@example.com> to=<+4989123456@fax.local>"), lines
+    assert any(getattr(r, "client", None) == "10.1.2.3" for r in caplog.records)  # a field
 
 
 async def test_probe_sender_checks_the_number_and_never_faxes(make_bridge):

@@ -24,15 +24,20 @@ def log_transaction(rec: SmtpLogRecord, reply: str, job_id: str | None = None) -
     code = int(reply[:3]) if reply[:3].isdigit() else None
     result = result_of(reply)
     sender = "" if rec.mail_from in (None, "<>") else rec.mail_from  # the null sender
+    # "<client> via <mta>" when an MTA in front named its client (XFORWARD)
+    client, _, via = (rec.peer or "").partition(" via ")
+    peer = via or rec.peer
     fields: dict[str, Any] = {
-        "event": "smtp", "result": result, "peer": rec.peer, "helo": rec.helo,
+        "event": "smtp", "result": result, "peer": peer, "client": client if via else None,
+        "helo": rec.helo,
         "sender": sender, "recipients": recipients, "code": code,
         "reply": reply, "job": job_id, "message_id": rec.message_id, "size": rec.size,
         "auth_user": rec.auth_user,
     }
     # key=value like Postfix's smtpd lines; <> around addresses so that an empty
     # sender is visible and `grep 'from=<a@b>'` matches exactly.
-    text = (f"{result}: peer={rec.peer} from=<{sender}> "
+    text = f"{result}: peer={peer}" + (f" client={client}" if via else "")
+    text += (f" from=<{sender}> "
             f"to={','.join(f'<{r}>' for r in recipients) or '-'}")
     if rec.auth_user:
         text += f" user={rec.auth_user}"
