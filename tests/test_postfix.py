@@ -47,7 +47,7 @@ def recipe(bridge_port: int, relay_port: int) -> dict[str, str]:
         "fax_senders": "permit_mynetworks, permit_sasl_authenticated, reject",
         "smtpd_recipient_restrictions": (
             "check_recipient_access inline:{ {fax.local = fax_senders} }, "
-            "permit_mynetworks, reject_unauth_destination"),
+            "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination"),
         # the bounces to the sender (example.com) are caught by the test's relay
         "default_transport": f"smtp:[127.0.0.1]:{relay_port}",
         "relay_transport": f"smtp:[127.0.0.1]:{relay_port}",

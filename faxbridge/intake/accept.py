@@ -297,7 +297,10 @@ class Route:
         (the listener takes the DATA for those), else the last refusal."""
         if not self.mail.accepted:
             return self.mail.verdict
-        if any(d.accepted for _, d in self.recipients):
+        accepted = [d for _, d in self.recipients if d.accepted]
+        if accepted and all(d.probe for d in accepted):
+            return "reject " + replies.S550_NULL_SENDER  # at DATA: probes are never faxed
+        if accepted:
             return "accept"
         return self.recipients[-1][1].verdict if self.recipients else "reject (no recipient)"
 
