@@ -42,6 +42,7 @@ from faxbridge.runtime.config import ConfigProvider
 from faxbridge.runtime.db import Db, Offload
 from faxbridge.runtime.health import Health
 from faxbridge.runtime.inflight import InFlight
+from faxbridge.runtime.listening import write_listening
 from faxbridge.runtime.wakeups import Wakeups
 from faxbridge.simulator.app import SimState, build_app
 from faxbridge.smtp.handler import FaxHandler
@@ -468,6 +469,7 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
             return
         try:
             await bridge.reload(new)
+            write_listening(cfg.storage.data_dir, bridge.addresses())
         except Exception:  # noqa: BLE001 - a failed switch must not kill the bridge
             log.exception("reload (%s) failed while switching", reason)
 
@@ -500,6 +502,7 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
         info = bridge.db.store.database()
         print_fn(f"database: {info['location']} (schema {info['schema_version']}), "
                  f"this node {info.get('node')}")
+    write_listening(cfg.storage.data_dir, addrs)
     try:
         await done.wait()
     finally:

@@ -190,8 +190,18 @@ class SmtpConfig(Model):
     auth_failure_delay_max: float = Field(default=8.0, ge=0, le=600)
     auth_failure_window: float = Field(default=900.0, gt=0)
     trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # MTAs in front of the bridge (Postfix: smtp_send_xforward_command = yes) whose
+    # XFORWARD is believed: the original client's address then stands in for the
+    # MTA's own in `net:` sender rules, the SMTP log and the log lines. Others get
+    # no XFORWARD in EHLO and 550 if they send it (anyone could claim any address).
+    xforward_networks: tuple[str, ...] = ()
+    # Envelope senders of recipient verification probes (Postfix
+    # reject_unverified_recipient sends MAIL FROM:<double-bounce@its hostname>):
+    # like the null sender, their RCPT is answered by the number alone and DATA is
+    # refused, so a probe never becomes a fax.
+    probe_senders: tuple[str, ...] = ("double-bounce@*",)
 
-    @field_validator("trusted_networks")
+    @field_validator("trusted_networks", "xforward_networks")
     @classmethod
     def _nets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for net in v:
@@ -524,8 +534,26 @@ class Config(Model):
 def embedded_default() -> Config:
     """The config `faxbridge serve` runs on with no file: simulator, Maildir, SQLite,
     loopback senders may fax any valid number (README "Quick start")."""
+    # FAXBRIDGE_TRUSTED_NETWORKS widens the demo beyond loopback: in a container the
+    # client connects through Docker's network, never from loopback. It shapes only
+    # this default (a simulator, no real faxes); a config file says for itself.
+    nets = ("127.0.0.0/8", "::1/128")
+    env = os.environ.get("FAXBRIDGE_TRUSTED_NETWORKS", "").strip()
+    if env:
+        nets = tuple(n.strip() for n in env.split(",") if n.strip())
+        bad = []
+        for net in nets:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                bad.append(f"FAXBRIDGE_TRUSTED_NETWORKS: bad network {net!r}: {exc} "
+                           "(expected comma-separated CIDRs, e.g. 172.16.0.0/12,127.0.0.0/8)")
+        if bad:
+            raise ConfigError(bad, "environment")
     return Config(
-        senders=(SenderRule(name="loopback", match=("net:127.0.0.0/8", "net:::1/128")),),
+        smtp=SmtpConfig(trusted_networks=nets),
+        senders=(SenderRule(name="trusted-networks" if env else "loopback",
+                            match=tuple(f"net:{n}" for n in nets)),),
         topics=(Topic(name="demo", addresses=("fax-inbox@localhost",), poll_interval=1.0),),
     )
 

@@ -6,15 +6,24 @@ import json
 import logging
 import time
 
+# What every LogRecord has; anything else on a record came from `extra=` and is a field.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message", "asctime", "taskName"}
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
                + f".{int(record.msecs):03d}Z", "level": record.levelname,
                "logger": record.name, "msg": record.getMessage()}
+        # The facts of a line (job, message_id, sender, recipients, reply …) as
+        # fields of their own, so `jq 'select(.job == "…")'` needs no regex.
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and key not in out and not key.startswith("_"):
+                out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
+        return json.dumps(out, ensure_ascii=False, default=str)
 
 
 def configure(fmt: str = "plain", level: str = "INFO") -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 S250_QUEUED = "250 2.0.0 Queued as {job_id}: fax to {numbers}"
 S250_SENDER_OK = "250 2.1.0 Sender OK"
 S250_RCPT_OK = "250 2.1.5 Fax number {number} OK"
+S250_PROBE_OK = "250 2.1.5 Fax number {number} OK (verification only: mail from this sender is not faxed)"
 _RATE = ("4.7.1 Rate limit of rule '{rule}' reached ({count} faxes in the last {window}) "
          "{scope} (max_per_{window} {limit}); ")
 # 450: earlier mails used the limit up; 452: this mail's own recipients did (RFC 5321
@@ -28,7 +29,8 @@ S530_AUTH = ("530 5.7.0 Authentication required: your network ({peer}) may only 
              "after SMTP AUTH")
 S550_RELAY = ("550 5.7.1 Relaying denied: {domain} is not a fax domain of this server "
               "(fax domains: {domains})")
-S550_NULL_SENDER = "550 5.7.1 The null sender <> cannot send faxes"
+S550_NULL_SENDER = ("550 5.7.1 The null sender <> cannot send faxes (mail from <> and "
+                    "verification probes are checked up to RCPT only)")
 S550_SENDER = "550 5.7.1 Sender {sender} is not allowed to send faxes (no sender rule matches)"
 S553_SENDER_LOGIN = ("553 5.7.1 <{sender}>: Sender address rejected: not owned by user {user} "
                      "(smtp.users addresses / send_as)")

@@ -29,6 +29,7 @@ class Relay:
         self.rcpt_go.set()
         self.rcpt_stalls = 0  # RCPT commands that found rcpt_go cleared
         self.data_replies: list[str] = []
+        self.queue_ids: list[str] = []  # of the messages accepted, in order
         self.server: asyncio.base_events.Server | None = None
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001
@@ -49,7 +50,10 @@ class Relay:
         self.data_replies.append("250")
         self.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
                               envelope.original_content or envelope.content))
-        return "250 2.0.0 queued"
+        # worded like Postfix's answer, with a queue id of its own per message
+        queue_id = f"RQ{len(self.messages):04d}"
+        self.queue_ids.append(queue_id)
+        return f"250 2.0.0 Ok: queued as {queue_id}"
 
     @classmethod
     def reserved(cls) -> Relay:

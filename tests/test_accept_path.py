@@ -167,7 +167,13 @@ def session(address: str, case: Case) -> tuple[str, list[str], str | None]:
         if not any(r.startswith("250") for r in rcpts):
             s.rset()
             return mail, rcpts, None
-        code, msg = s.data(body(case.sender))
+        try:
+            code, msg = s.data(body(case.sender))
+        except smtplib.SMTPDataError as exc:
+            # refused at the DATA command: mail from <> or a verification probe, whose
+            # recipients were checked but which is never faxed (`route` says reject)
+            assert exc.smtp_code == 550 and b"null sender" in exc.smtp_error, exc
+            return mail, rcpts, None
         return mail, rcpts, f"{code} {msg.decode()}"
 
 

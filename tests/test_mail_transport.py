@@ -12,7 +12,7 @@ RAW = b"From: a@b\r\nTo: c@d\r\nSubject: x\r\n\r\nhello\r\n"
 async def test_same_key_lands_once_per_mailbox(tmp_path):
     t = MaildirTransport(tmp_path)
     for _ in range(3):  # e.g. a crash after writing, before recording 'sent'
-        assert await t.send("a@b", ["c@d", "E@F"], RAW, key="42") == []
+        assert (await t.send("a@b", ["c@d", "E@F"], RAW, key="42")).refused == []
     await t.send("a@b", ["c@d"], RAW, key="43")
     box = mailbox.Maildir(str(maildir_path(tmp_path, "c@d")), create=False)
     assert len(box) == 2 and box.get_message(next(iter(box.keys())))["Subject"] == "x"

@@ -289,16 +289,17 @@ def test_dockerfile_entry_point_and_healthcheck_exist(tmp_path):
         assert flag in help_text, flag
     assert re.search(r"^USER faxbridge", text, re.M) and "VOLUME" in text
     hc = re.search(r'HEALTHCHECK .*?CMD (.*?)\|\| exit 1', text.replace("\\\n", " "), re.S)
-    assert hc and "/healthz" in hc.group(1)
-    # run the health check command against a real bridge
+    # no port in the check: it asks where the bridge of that data directory listens
+    assert hc and "8025" not in hc.group(1) and "faxbridge health" in hc.group(1)
+    # run the health check command against a real bridge, on a port of its own
     bridge = Proc(["serve", "--data-dir", str(tmp_path / "d"), "--smtp-listen", "127.0.0.1:0",
                    "--http-listen", "127.0.0.1:0", "--simulator-listen", "127.0.0.1:0"],
                   tmp_path)
     try:
-        port = bridge.wait_listening().http.rsplit(":", 1)[1]
-        assert "8025" in hc.group(1)
-        argv = shlex.split(hc.group(1).replace("8025", port))
-        argv[0] = sys.executable
+        bridge.wait_listening()
+        argv = shlex.split(hc.group(1).replace("/var/lib/faxbridge", str(tmp_path / "d")))
+        assert argv[0] == "faxbridge"
+        argv[:1] = [sys.executable, "-m", "faxbridge"]
         assert subprocess.run(argv, timeout=60).returncode == 0
         bridge.stop()  # and against none: the check fails
         assert subprocess.run(argv, timeout=60, capture_output=True).returncode != 0

@@ -81,8 +81,24 @@ async def test_premium_rate_blocked_naming_the_rule(office):
 
 
 async def test_null_sender(office):
-    t = await send(office.smtp_address, mail(), mail_from="")
-    assert t.mail == (550, "5.7.1 The null sender <> cannot send faxes")
+    """Bounces never become faxes: MAIL FROM:<> is taken (verification probes use
+    it), its recipients are checked by number, and DATA is refused at once."""
+    import asyncio
+    import smtplib
+
+    def talk() -> list[tuple[int, bytes]]:
+        host, port = office.smtp_address.split(":")
+        with smtplib.SMTP(host, int(port), timeout=30) as s:
+            s.ehlo()
+            return [s.docmd("MAIL FROM:<>"), s.docmd("RCPT TO:<+4989123456@fax.local>"),
+                    s.docmd("DATA")]
+    mail_reply, rcpt_reply, data_reply = await asyncio.to_thread(talk)
+    assert mail_reply[0] == 250 and rcpt_reply[0] == 250
+    assert data_reply == (550, b"5.7.1 The null sender <> cannot send faxes (mail from <> and "
+                               b"verification probes are checked up to RCPT only)")
+    assert await sim_jobs(office.sim_url) == []
+    rows = await flushed(office)
+    assert rows[0]["reply"].startswith("550 5.7.1 The null sender") and rows[0]["ok"] == 0
 
 
 async def test_nothing_to_fax_lists_the_parts(make_bridge):

@@ -1,4 +1,4 @@
-"""Command line: `faxbridge serve|check|example-config|route|log|jobs|inbox|retention|senders|topics|
+"""Command line: `faxbridge serve|check|health|example-config|route|log|jobs|inbox|retention|senders|topics|
 simulator|hash-password`. One module per command group; this one wires them into one
 parser and turns configuration errors into readable messages."""
 
@@ -7,11 +7,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from faxbridge.cli import check, inbox, jobs, log, retention, route, rules, serve
+from faxbridge.cli import check, health, inbox, jobs, log, retention, route, rules, serve
 from faxbridge.errors import ConfigError
 
 # Order of `faxbridge --help`: running it, configuring it, then looking into it.
-GROUPS = (serve, check, route, log, jobs, inbox, retention, rules)
+GROUPS = (serve, check, health, route, log, jobs, inbox, retention, rules)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ command's run of them in the listener's order) must change together.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from email._header_value_parser import get_angle_addr
@@ -72,6 +73,7 @@ class Decision:
     rule: SenderRule | None = None  # RCPT: the sender rule, once one matched
     why: str | None = None          # RCPT: the destination check's result
     duplicate: bool = False         # RCPT: a number this mail has already
+    probe: bool = False             # RCPT: answered for a verification probe only
     # RCPT: the rate limits still to be checked. The caller counts the faxes of
     # each and asks again with the counts (no store in here).
     pending: tuple[Limit, ...] = ()
@@ -107,6 +109,9 @@ class Client:
     # A Faxes API token's name: the token is the identity, and the sender it acts as
     # is the one the admin configured for it ([[api.tokens]] sender), not a claim.
     api_token: str | None = None
+    # The original client's address as the MTA in front told it (XFORWARD ADDR, only
+    # from smtp.xforward_networks): `net:` sender rules judge this one.
+    origin: str | None = None
 
 
 @dataclass
@@ -120,14 +125,18 @@ class MailState:
     numbers: list[tuple[str, str, str]] = field(default_factory=list)
     rule: SenderRule | None = None  # the rule of the first accepted recipient
     report_to: str | None = None    # the user's address when MAIL FROM is not its own
+    probe: bool = False        # a verification probe's RCPT was answered: DATA is refused
 
     def who(self) -> Who:
         return Who(sender=self.sender.lower(), auth_user=self.client.auth_user,
-                   peer_ip=self.client.peer)
+                   peer_ip=self.client.origin or self.client.peer)
 
     def record(self, address: str, d: Decision) -> None:
         """Take an accepted RCPT into the transaction."""
         if not d.accepted:
+            return
+        if d.probe:
+            self.probe = True
             return
         self.rcpt_count += 1
         self.rule = self.rule or d.rule
@@ -212,11 +221,17 @@ def mail(cfg: Config, client: Client, sender: str) -> Decision:
         steps.append(f"peer {client.peer} is not in smtp.trusted_networks ({nets}) and "
                      "the client did not authenticate")
         return Decision(replies.S530_AUTH.format(peer=client.peer), tuple(steps))
-    if sender in ("", "<>"):
-        # A null sender cannot be told the fax's outcome, and bounces must never
-        # become faxes (a mail loop costs money per page).
-        steps.append("the null sender is a bounce")
-        return Decision(replies.S550_NULL_SENDER, tuple(steps))
+    if client.origin is not None:
+        steps.append(f"forwarded for client {client.origin} (XFORWARD from {client.peer}, "
+                     "in smtp.xforward_networks)")
+    if is_probe(cfg, sender):
+        # Taken up to RCPT only: an MTA in front (Postfix reject_unverified_recipient)
+        # asks whether a fax number exists this way. DATA is refused, so a bounce never
+        # becomes a fax (a mail loop costs money per page) and no outcome has to be
+        # told to a sender who cannot receive it.
+        steps.append(f"sender {sender or '<>'} is the null sender or a verification probe "
+                     "(smtp.probe_senders): recipients are checked, nothing is faxed")
+        return Decision(replies.S250_SENDER_OK, tuple(steps))
     steps.append(f"sender {sender}")
     report_to = None
     if client.auth_user is not None:
@@ -234,6 +249,13 @@ def mail(cfg: Config, client: Client, sender: str) -> Decision:
         if report_to == sender.lower():
             report_to = None
     return Decision(replies.S250_SENDER_OK, tuple(steps), report_to=report_to)
+
+
+def is_probe(cfg: Config, sender: str) -> bool:
+    """The null sender, or a sender of recipient verification probes."""
+    s = sender.lower()
+    return s in ("", "<>") or any(fnmatch.fnmatchcase(s, p.lower())
+                                  for p in cfg.smtp.probe_senders)
 
 
 # --------------------------------------------------------------- recipient
@@ -265,6 +287,11 @@ def recipient(cfg: Config, state: MailState, address: str,
         return done(replies.S553_NUMBER.format(address=address, why=parsed.error))
     fields.update(number=parsed.number, pretty=parsed.pretty)
     steps.append(f"number {local!r} → {parsed.number} ({parsed.pretty})")
+    if is_probe(cfg, state.sender):
+        # No sender rule can match a probe's sender; the question is only whether
+        # the number exists. DATA is refused for this sender.
+        steps.append("verification probe: the number is valid; DATA would be refused")
+        return done(replies.S250_PROBE_OK.format(number=parsed.pretty), probe=True)
     who = state.who()
     users = cfg.smtp.users
     rule = find_rule(cfg.senders, who, users)
@@ -340,7 +367,10 @@ class Route:
         (the listener takes the DATA for those), else the last refusal."""
         if not self.mail.accepted:
             return self.mail.verdict
-        if any(d.accepted for _, d in self.recipients):
+        accepted = [d for _, d in self.recipients if d.accepted]
+        if accepted and all(d.probe for d in accepted):
+            return "reject " + replies.S550_NULL_SENDER  # at DATA: probes are never faxed
+        if accepted:
             return "accept"
         return self.recipients[-1][1].verdict if self.recipients else "reject (no recipient)"
 

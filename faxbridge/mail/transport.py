@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import ssl
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -19,10 +20,20 @@ from faxbridge.config import RelayConfig
 from faxbridge.errors import Permanent, Transient
 
 
+@dataclass(frozen=True)
+class Sent:
+    """A delivered mail: the recipients refused while others were accepted, and what
+    the other side said, e.g. a relay's "250 2.0.0 Ok: queued as 4dXyz1" (its queue
+    id is what the relay's own log knows the mail by)."""
+
+    refused: list[str] = field(default_factory=list)
+    reply: str = ""
+
+
 class Transport(Protocol):
     async def send(self, mail_from: str, recipients: list[str], raw: bytes,
-                   key: str | None = None) -> list[str]:
-        """Deliver; returns the recipients refused while others were accepted."""
+                   key: str | None = None) -> Sent:
+        """Deliver; returns the refusals and the reply."""
         ...
 
 
@@ -61,12 +72,12 @@ class MaildirTransport:
             os.rename(tmp, box / "new" / name)  # Maildir delivery: tmp/ → new/
 
     async def send(self, mail_from: str, recipients: list[str], raw: bytes,
-                   key: str | None = None) -> list[str]:
+                   key: str | None = None) -> Sent:
         try:
             await asyncio.to_thread(self._deliver, recipients, raw, key)
         except OSError as exc:
             raise Transient(f"Maildir delivery failed: {exc}") from exc
-        return []
+        return Sent([], f"written to Maildir {self.root}")
 
 
 class SmtpRelayTransport:
@@ -76,12 +87,12 @@ class SmtpRelayTransport:
         self.ctx = ssl.create_default_context() if cfg.tls != "none" else None
 
     async def send(self, mail_from: str, recipients: list[str], raw: bytes,
-                   key: str | None = None) -> list[str]:
+                   key: str | None = None) -> Sent:
         cfg = self.cfg
         ctx = self.ctx
         password = cfg.password.resolve()
         try:
-            errors, _ = await aiosmtplib.send(
+            errors, message = await aiosmtplib.send(
                 raw, sender=mail_from, recipients=recipients, hostname=cfg.host,
                 port=cfg.port, use_tls=cfg.tls == "implicit",
                 start_tls=cfg.tls == "starttls",
@@ -103,7 +114,9 @@ class SmtpRelayTransport:
             raise Transient(f"relay {cfg.host}:{cfg.port} unreachable: {exc}") from exc
         # Some recipients refused while others were accepted: the mail is out; the
         # refusals are reported, never retried into duplicates for the others.
-        return [f"{rcpt}: {resp.code} {resp.message}" for rcpt, resp in errors.items()]
+        # aiosmtplib hands back the text of the final 250 (to DATA) without its code
+        return Sent([f"{rcpt}: {resp.code} {resp.message}" for rcpt, resp in errors.items()],
+                    f"250 {message}")
 
 
 def make_transport(mail_cfg, data_dir: Path) -> Transport:  # noqa: ANN001

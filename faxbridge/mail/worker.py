@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Hashable
 
@@ -23,6 +24,19 @@ from faxbridge.runtime.db import Db
 from faxbridge.runtime.health import Health
 from faxbridge.runtime.wakeups import Wakeups
 from faxbridge.store.rows import OutMail
+
+
+def queue_id(reply: str) -> str | None:
+    """The relay's queue id in its 250, as Postfix ("queued as 4dXyz1"), Exim
+    ("id=1qAbc-000123-Xy") and others word it; None when it names none."""
+    m = re.search(r"queued as ([A-Za-z0-9._-]+)|\bid=([A-Za-z0-9._-]+)", reply, re.I)
+    return (m.group(1) or m.group(2)) if m else None
+
+
+def ref_fields(kind: str, ref: str | None) -> dict[str, str | None]:
+    """What the mail is about as a field of its own: the job of a status report,
+    the received fax of an inbound mail."""
+    return {"job": ref} if kind == "report" else {"fax": ref} if kind == "inbound" else {}
 
 
 class Mailer(Runner[OutMail]):
@@ -58,8 +72,8 @@ class Mailer(Runner[OutMail]):
         mail_cfg = self.config.current.mail
         metrics = self.health.metrics
         try:
-            refused = await self.mail.transport.send(row.mail_from, rcpts, row.raw,
-                                                     key=str(row.id))
+            sent = await self.mail.transport.send(row.mail_from, rcpts, row.raw,
+                                                  key=str(row.id))
         except Transient as exc:
             metrics.mail_deferred(row.kind, str(exc))
             age = time.time() - row.created
@@ -79,7 +93,18 @@ class Mailer(Runner[OutMail]):
                            exc)
             await self._finish(row, "failed", error=str(exc))
             return
+        refused = sent.refused
         self.health.last_contact["relay"] = time.time()
+        # One line per mail sent, with the relay's reply: its queue id is how the
+        # relay's own log (and the recipient's postmaster) knows this mail.
+        self.log.info('sent %s mail %s for %s: from=<%s> to=%s reply="%s"%s', row.kind,
+                      row.id, row.ref, row.mail_from, ",".join(f"<{r}>" for r in rcpts),
+                      sent.reply, f" refused={'; '.join(refused)}" if refused else "",
+                      extra={"event": "mail_sent", "kind": row.kind, "mail": row.id,
+                             "ref": row.ref, "sender": row.mail_from,
+                             "recipients": rcpts, "reply": sent.reply,
+                             "queue_id": queue_id(sent.reply), "refused": refused,
+                             **ref_fields(row.kind, row.ref)})
         metrics.mail_ok("deliver", row.kind)
         await self._finish(row, "sent", refused=refused,
                            error=("partly refused: " + "; ".join(refused)) if refused else None)

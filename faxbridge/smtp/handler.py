@@ -25,6 +25,7 @@ from faxbridge.intake.slim import header_block
 from faxbridge.intake.subject import decode_subject, header_line
 from faxbridge.outbound.request import fax_options
 from faxbridge.runtime.inflight import InFlight, count_limits
+from faxbridge.smtp.txlog import log_transaction
 from faxbridge.store.new import NewDocument, NewJob, NewRecipient, SmtpLogRecord, new_job_id
 
 if TYPE_CHECKING:
@@ -86,8 +87,14 @@ class FaxHandler:
                             helo=session.host_name, tls=bool(session.ssl),
                             auth_user=getattr(session, "fb_user", None),
                             mail_from=mail_from.lower())
+        # XFORWARD (smtp/server.py) applies to this one transaction
+        origin = (getattr(session, "fb_xforward", None) or {}).get("ADDR")
+        session.fb_xforward = {}  # type: ignore[attr-defined]
         client = accept.Client(rec.peer, rec.auth_user if getattr(session, "authenticated",
-                                                                  False) else None, rec.tls)
+                                                                  False) else None, rec.tls,
+                               origin)
+        if origin:
+            rec.peer = f"{origin} via {rec.peer}"
         tx = Tx(rec, accept.MailState(mail_from, client))
         session.fb_tx = tx  # type: ignore[attr-defined]
         return tx
@@ -107,6 +114,7 @@ class FaxHandler:
         if reply and not tx.record.reply:
             tx.record.reply = f"{reply} after {refused}" if refused else reply
         self.metrics.smtp_reply(reason, False)
+        log_transaction(tx.record, reason)
         # Off the event loop: a commit waits for fsync.
         fut = asyncio.ensure_future(self.db.run(self.db.store.add_log, tx.record))
         fut.add_done_callback(_log_failure)
@@ -249,8 +257,7 @@ class FaxHandler:
             return rec.reply
         tx.logged = True
         self.metrics.smtp_reply(rec.reply, True)
-        log.info("accepted job=%s message_id=%s from=%s to=%s docs=%d", job.id,
-                 ext.message_id, job.sender, ",".join(n for n, *_ in fax), len(ext.documents))
+        log_transaction(rec, rec.reply, job.id)
         self.wakeups.submit.set()
         return rec.reply
 

@@ -7,15 +7,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, syntax
 
 from faxbridge import replies
+from faxbridge.intake.rules import in_networks
 from faxbridge.listen import address, bind
 from faxbridge.runtime.config import ConfigProvider
 from faxbridge.runtime.health import Health
@@ -83,6 +85,56 @@ class FaxSMTP(SMTP):
     # Inside DATA: when the phase must end, and when the last line came.
     _data_deadline: float | None = None
     _last_progress = 0.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # aiosmtpd's way to change the EHLO answer is a handler hook; the listener
+        # adds XFORWARD itself, so the handler stays protocol-free.
+        self._handle_hooks["EHLO"] = self._ehlo
+        self._ehlo_hook_ver = "new"
+
+    # -------------------------------------------------------------- XFORWARD
+    def _xforward_allowed(self) -> bool:
+        peer = self.session.peer[0] if self.session and self.session.peer else None
+        return in_networks(peer, self.fb_config.current.smtp.xforward_networks)
+
+    async def _ehlo(self, server: Any, session: Any, envelope: Any, hostname: str,
+                    responses: list[str]) -> list[str]:
+        session.host_name = hostname  # the "new" hook sets it, not aiosmtpd
+        if self._xforward_allowed():
+            responses.insert(len(responses) - 1, "250-" + _XFORWARD_EHLO)
+        return responses
+
+    @syntax("XFORWARD attribute=value ...")
+    async def smtp_XFORWARD(self, arg: str) -> None:
+        """Postfix's XFORWARD (https://www.postfix.org/XFORWARD_README.html): the MTA
+        in front tells who its client was. Believed only from smtp.xforward_networks;
+        they apply to the next MAIL transaction (several XFORWARD commands add up)."""
+        if await self.check_helo_needed():
+            return
+        assert self.session is not None
+        if not self._xforward_allowed():
+            await self.push("550 5.7.0 Error: insufficient authorization")
+            return
+        if self.envelope is not None and self.envelope.mail_from:
+            await self.push("503 5.5.1 Error: MAIL transaction in progress")
+            return
+        attrs: dict[str, str | None] = {}
+        for item in arg.split():
+            name, eq, value = item.partition("=")
+            if not eq or name.upper() not in _XFORWARD_ATTRS:
+                await self.push(f"501 5.5.4 Bad XFORWARD attribute: {printable(item[:40])}")
+                return
+            value = _xtext(value)
+            # [UNAVAILABLE] / [TEMPUNAVAIL]: the MTA does not know; IPv6 comes prefixed
+            attrs[name.upper()] = (None if value.upper() in ("[UNAVAILABLE]", "[TEMPUNAVAIL]")
+                                   else value.removeprefix("IPV6:").removeprefix("ipv6:"))
+        if not attrs:
+            await self.push("501 5.5.4 Syntax: XFORWARD attribute=value ...")
+            return
+        forwarded: dict[str, str | None] = getattr(self.session, "fb_xforward", {})
+        self.session.fb_xforward = {**forwarded, **attrs}  # type: ignore[attr-defined]
+        await self.push("250 2.0.0 Ok")
 
     def connection_made(self, transport: Any) -> None:
         if self._original_transport is not None:  # STARTTLS: the same session goes on
@@ -254,6 +306,14 @@ class FaxSMTP(SMTP):
         if arg:
             await self.push(replies.S501_DATA_ARG)
             return
+        tx = getattr(self.session, "fb_tx", None)
+        if tx is not None and tx.state.probe and isinstance(self.event_handler, FaxHandler):
+            # mail from <> or a verification probe: its recipients were checked, its
+            # content is never faxed, so it is refused before it is sent at all
+            tx.record.reply = replies.S550_NULL_SENDER
+            self.event_handler.flush(self.session)
+            await self.push(replies.S550_NULL_SENDER)
+            return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         data_timeout = self.fb_config.current.smtp.data_timeout
         self._last_progress = self.loop.time()
@@ -335,6 +395,15 @@ class FaxSMTP(SMTP):
         if isinstance(handler, FaxHandler) and self.session is not None:
             handler.flush(self.session, "(connection lost)")
         super().connection_lost(exc)
+
+
+_XFORWARD_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
+_XFORWARD_EHLO = "XFORWARD " + " ".join(_XFORWARD_ATTRS)
+
+
+def _xtext(value: str) -> str:
+    """RFC 3461 section 4 xtext: '+XX' is the byte XX in hex."""
+    return re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value)
 
 
 def _has_bare(line: bytes) -> bool:
