@@ -50,7 +50,7 @@ def cfg():
 
 def test_mail_decision_and_report_address():
     c = cfg()
-    client = accept.Client("127.0.0.1", "scanner", True)
+    client = accept.Client("127.0.0.1", auth_user="scanner", tls=True)
     assert accept.mail(c, client, "boss@example.com").reply.startswith("553 5.7.1 ")
     own = accept.mail(c, client, "scanner@example.com")
     assert own.accepted and own.report_to is None
@@ -59,7 +59,7 @@ def test_mail_decision_and_report_address():
     # without AUTH, MAIL FROM is what it always was: no owner check
     assert accept.mail(c, accept.Client("127.0.0.1"), "boss@example.com").accepted
     # a user removed by a reload while its session was open
-    gone = accept.mail(c, accept.Client("127.0.0.1", "ghost", True), "a@example.com")
+    gone = accept.mail(c, accept.Client("127.0.0.1", auth_user="ghost", tls=True), "a@example.com")
     assert gone.reply.startswith("553 5.7.1 <a@example.com>: Sender address rejected")
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from email._header_value_parser import get_angle_addr
 from email.errors import HeaderParseError
 from typing import Any
@@ -104,6 +104,8 @@ class Client:
     """The SMTP session's facts about the client."""
 
     peer: str | None
+    # the rest by keyword only: several optional facts of one type, easily swapped
+    _: KW_ONLY
     auth_user: str | None = None  # the user the client authenticated as (AUTH succeeded)
     tls: bool = False
     # A Faxes API token's name: the token is the identity, and the sender it acts as
@@ -203,7 +205,7 @@ def login(cfg: Config, peer: str | None, user: str | None, tls: bool) -> tuple[C
         else:
             steps.append(f"AUTH as {user}: succeeds (given the right password)")
             auth_user = user
-    return Client(peer, auth_user, tls), steps
+    return Client(peer, auth_user=auth_user, tls=tls), steps
 
 
 def mail(cfg: Config, client: Client, sender: str) -> Decision:

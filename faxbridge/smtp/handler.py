@@ -90,9 +90,9 @@ class FaxHandler:
         # XFORWARD (smtp/server.py) applies to this one transaction
         origin = (getattr(session, "fb_xforward", None) or {}).get("ADDR")
         session.fb_xforward = {}  # type: ignore[attr-defined]
-        client = accept.Client(rec.peer, rec.auth_user if getattr(session, "authenticated",
-                                                                  False) else None, rec.tls,
-                               origin)
+        client = accept.Client(rec.peer, auth_user=rec.auth_user if getattr(
+                                   session, "authenticated", False) else None,
+                               tls=rec.tls, origin=origin)
         if origin:
             rec.peer = f"{origin} via {rec.peer}"
         tx = Tx(rec, accept.MailState(mail_from, client))
