@@ -327,3 +327,15 @@ def pg_server() -> Iterator[Any]:
 def database_url(pg_server: Any) -> str:
     """A fresh, empty PostgreSQL database for this test."""
     return str(pg_server.fresh_database())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The storage section of a bridge on each backend: SQLite in the test's data
+    directory, or a fresh database of the session's PostgreSQL server, which the
+    command line run by the test then opens too (FAXBRIDGE_DATABASE_URL)."""
+    if request.param == "sqlite":
+        return {}
+    url = request.getfixturevalue("database_url")
+    monkeypatch.setenv("FAXBRIDGE_DATABASE_URL", url)
+    return {"database_url": url}

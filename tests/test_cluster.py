@@ -23,6 +23,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from faxbridge.mail.transport import maildir_path
+from faxbridge.store.pgschema import SCHEMA_VERSION
 from tests.conftest import (
     ALL_SENDERS_TOML,
     Proc,
@@ -152,7 +153,7 @@ async def test_two_nodes_one_database_kill9_one_at_a_time(tmp_path, procs, monke
     async with httpx.AsyncClient() as c:
         ready = (await c.get(f"{(await nodes['b'].listening()).http}/readyz")).json()
     db = ready["checks"]["database"]
-    assert db["backend"] == "postgresql" and db["schema_version"] == 1
+    assert db["backend"] == "postgresql" and db["schema_version"] == SCHEMA_VERSION
     assert db["nodes_alive"] == 2, db
     listed = await arun_faxbridge("jobs", "list", "--database-url", database_url, "--json",
                                   "--limit", "100000")

@@ -58,10 +58,10 @@ async def test_user_limit_holds_across_five_sender_addresses(make_bridge, tmp_pa
     assert len(bridge.store.list_jobs()) == 3
 
 
-async def test_limit_holds_across_eight_concurrent_sessions(make_bridge):
+async def test_limit_holds_across_eight_concurrent_sessions(make_bridge, storage):
     """Eight sessions of one sender, all past RCPT before any reaches DATA: three are
-    accepted, five get 450, and exactly three jobs are committed."""
-    bridge = await make_bridge(senders=[limited(3, ["sender"])])
+    accepted, five get 450, and exactly three jobs are committed (on either store)."""
+    bridge = await make_bridge(senders=[limited(3, ["sender"])], storage=storage)
     all_rcpt = asyncio.Barrier(8)
 
     async def one(i: int) -> tuple[str, str | None]:
@@ -109,10 +109,10 @@ async def test_an_abandoned_transaction_gives_its_hold_back(make_bridge):
     await a.close()
 
 
-async def test_limit_per_recipient_number(make_bridge):
+async def test_limit_per_recipient_number(make_bridge, storage):
     """Three faxes to one number from three senders; the fourth sender is refused for
     that number, another number still goes."""
-    bridge = await make_bridge(senders=[limited(3, ["number"])])
+    bridge = await make_bridge(senders=[limited(3, ["number"])], storage=storage)
     for i in range(3):
         _, _, data = await send_one(bridge.smtp_address, f"user{i}@example.com", [NUMBER])
         assert data is not None and data.startswith("250"), data
@@ -123,10 +123,10 @@ async def test_limit_per_recipient_number(make_bridge):
     assert rcpts[1].startswith("250") and data is not None and data.startswith("250")
 
 
-async def test_limit_per_client_address(make_bridge):
+async def test_limit_per_client_address(make_bridge, storage):
     """Three faxes from 127.0.0.1 under three sender addresses: the client's fourth
     is refused; 127.0.0.2 still sends."""
-    bridge = await make_bridge(senders=[limited(3, ["client"])])
+    bridge = await make_bridge(senders=[limited(3, ["client"])], storage=storage)
     for i in range(3):
         _, _, data = await send_one(bridge.smtp_address, f"user{i}@example.com",
                                     numbers(1, i))
@@ -139,11 +139,11 @@ async def test_limit_per_client_address(make_bridge):
     assert rcpts[0].startswith("250") and data is not None and data.startswith("250")
 
 
-async def test_twenty_recipients_count_as_twenty_faxes(make_bridge):
+async def test_twenty_recipients_count_as_twenty_faxes(make_bridge, storage):
     """max_per_hour 25: a mail to 20 numbers uses 20; the next mail gets 5 numbers
     through and 452 for the rest (the client sends those later)."""
     bridge = await make_bridge(smtp={"max_recipients": 50},
-                               senders=[limited(25, ["sender"])])
+                               senders=[limited(25, ["sender"])], storage=storage)
     _, rcpts, data = await send_one(bridge.smtp_address, "alice@example.com", numbers(20))
     assert all(r.startswith("250") for r in rcpts) and data and data.startswith("250")
     assert jobs_faxes(bridge) == 20

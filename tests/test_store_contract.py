@@ -15,6 +15,7 @@ import pytest
 
 from faxbridge.errors import StoreError
 from faxbridge.store import NewDocument, NewJob, NewRecipient, SmtpLogRecord, open_store
+from faxbridge.store.pgschema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from faxbridge.store.postgres import PostgresStore
 from faxbridge.store.protocol import Store
 
@@ -30,8 +31,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 
 def new_job(n_docs: int = 1, size: int = 10, raw: bytes = b"raw mail", **kw: Any) -> NewJob:
-    return NewJob(sender="a@example.com",
-                  recipients=[NewRecipient("+4989123456", "4989123456@fax.local", "Bob"),
+    kw.setdefault("sender", "a@example.com")
+    return NewJob(recipients=[NewRecipient("+4989123456", "4989123456@fax.local", "Bob"),
                               NewRecipient("+4930123456", "4930123456@fax.local")],
                   documents=[NewDocument(f"d{i}.pdf", "application/pdf",
                                          bytes([i % 256]) * size) for i in range(n_docs)],
@@ -83,7 +84,7 @@ def test_job_lifecycle(store: Store):
     store.mark_reports_deleted([job.id], "deleted")
     assert store.reports_to_delete() == []
     assert store.job_state_counts() == {"done": 1}
-    assert store.count_jobs_since("a@example.com", 0) == 1
+    assert store.count_faxes_since("sender", "a@example.com", 0) == 2  # two recipients
     assert [j.id for j in store.list_jobs(state="done", sender="A@example.com")] == [job.id]
     assert store.queues()["jobs"][0] == 0
     assert store.writable() and store.integrity_check() == "ok"
@@ -159,6 +160,183 @@ def test_database_info(store: Store):
     info = store.database()
     assert info["backend"] in ("sqlite", "postgresql") and info["schema_version"] >= 1
     assert store.lead("housekeeping")
+
+
+def stored_bytes(store: Store) -> int:
+    """How many payload bytes the backend holds (PostgreSQL: its chunk rows; SQLite:
+    its blob columns): a deleted payload must really be gone, not only unlinked."""
+    if isinstance(store, PostgresStore):
+        return int(store.query("SELECT COALESCE(SUM(octet_length(data)), 0) AS n "
+                               "FROM chunks")[0]["n"])
+    return int(store.db.query(  # type: ignore[attr-defined]
+        "SELECT (SELECT COALESCE(SUM(length(raw)), 0) FROM job_messages) + "
+        "(SELECT COALESCE(SUM(length(data)), 0) FROM job_documents) + "
+        "(SELECT COALESCE(SUM(length(data)), 0) FROM inbound_files) + "
+        "(SELECT COALESCE(SUM(length(raw)), 0) FROM mail_out)")[0][0])
+
+
+def finished_job(store: Store, size: int = 1000, **kw: Any) -> NewJob:
+    """A job sent and done, with its report mail sent."""
+    job = new_job(n_docs=2, size=size, raw=b"M" * size, **kw)
+    store.create_jobs([(job, None)])
+    store.set_job_state(job.id, "submitted", event="submitted")
+    store.finish_job(job.id, "done", event="done", detail="",
+                     mail=("f@b", ["a@example.com"], b"R" * size))
+    mail = store.claim_mail()
+    assert mail is not None
+    store.finish_mail(mail.id, "sent")
+    return job
+
+
+def delivered_fax(store: Store, fax_id: str, size: int = 1000) -> str:
+    key = f"demo/{fax_id}"
+    store.store_inbound(fax_id, "demo", {}, [("f.pdf", "application/pdf", b"F" * size)])
+    mail_id = store.queue_mail("inbound", key, "f@b", ["in@example.com"], b"I" * size,
+                               inbound_state=(key, "mailing"))
+    claimed = store.claim_mail()
+    assert claimed is not None and claimed.id == mail_id
+    store.finish_mail(mail_id, "sent")
+    return key
+
+
+def test_deleting_payloads_removes_the_bytes(store: Store):
+    job, other = finished_job(store), finished_job(store)
+    busy = new_job(size=1000)
+    store.create_jobs([(busy, None)])
+    key = delivered_fax(store, "F1")
+    start = stored_bytes(store)
+    # only settled items lose anything
+    assert not store.delete_job_payload(busy.id, "x") and not store.delete_job(busy.id)
+    assert not store.delete_job_payload("NOPE", "x") and not store.delete_inbound("demo/NO")
+    assert stored_bytes(store) == start
+    # the payload of a done job: message, two documents, its sent report (4 × 1000)
+    assert store.delete_job_payload(job.id, "by test")
+    assert stored_bytes(store) == start - 4000
+    assert store.job_documents(job.id) == [] and store.job_raw(job.id) is None
+    kept = store.job(job.id)
+    assert kept is not None and kept.state == "done"
+    assert [r.number for r in store.job_recipients(job.id)] == ["+4989123456", "+4930123456"]
+    assert store.job_events(job.id)[-1].kind == "payload-deleted"
+    assert store.latest_mail("report", job.id).state == "sent"  # the record of it stays
+    # the whole job: row, results, timeline, report mail
+    assert store.delete_job(other.id)
+    assert stored_bytes(store) == start - 8000
+    assert store.job(other.id) is None and store.job_events(other.id) == []
+    assert store.job_recipients(other.id) == [] and store.latest_mail("report", other.id) is None
+    # a received fax: unacknowledged, it is not deleted (it would be fetched again)
+    assert not store.delete_inbound(key)
+    assert store.delete_inbound_payload(key)
+    assert stored_bytes(store) == start - 10000 and store.inbound_files(key) == []
+    assert store.inbound(key) is not None
+    store.mark_acked("demo", ["F1"])
+    assert store.delete_inbound(key) and store.inbound(key) is None
+    assert store.latest_mail("inbound", key) is None
+    # what is left is the queued job's, whole
+    assert stored_bytes(store) == start - 10000 == len(b"raw mail") + 1000
+    assert store.job_raw(busy.id) == b"raw mail" and len(store.job_documents(busy.id)) == 1
+    assert store.integrity_check() == "ok"
+
+
+def test_expire_payloads(store: Store):
+    old, new = finished_job(store), finished_job(store)
+    queued = new_job()
+    store.create_jobs([(queued, None)])
+    cut = store.job(new.id).created  # old was created before it
+    k_old = delivered_fax(store, "OLD")
+    k_cut = store.inbound(k_old).created
+    delivered_fax(store, "NEW")
+    assert store.expire_payloads("outbound", cut) == [old.id]
+    assert store.expire_payloads("outbound", cut) == []  # nothing left to expire
+    assert store.job_documents(old.id) == [] and len(store.job_documents(new.id)) == 2
+    assert store.job_events(old.id)[-1].kind == "payload-expired"
+    # a queued job keeps its documents, however old
+    assert store.expire_payloads("outbound", time.time() + 60) == [new.id]
+    assert len(store.job_documents(queued.id)) == 1
+    after = store.inbound("demo/NEW").created
+    assert store.expire_payloads("inbound", k_cut + (after - k_cut) / 2) == [k_old]
+    assert store.inbound_files(k_old) == [] and len(store.inbound_files("demo/NEW")) == 1
+    assert store.integrity_check() == "ok"
+
+
+def test_paging_newest_first(store: Store):
+    jobs = [finished_job(store, size=1, sender=f"s{i % 2}@example.com") for i in range(5)]
+    newest = [j.id for j in reversed(jobs)]
+    page = store.page_jobs(states=("done",), limit=3)
+    assert [j.id for j in page] == newest[:3]
+    assert [j.id for j in store.page_jobs(states=("done",), start_key=page[-1].id,
+                                          limit=3)] == newest[2:]
+    assert [j.id for j in store.page_jobs(states=("done",), senders=("S0@example.com",))] \
+        == [j.id for j in reversed(jobs) if j.sender == "s0@example.com"]
+    assert store.page_jobs(states=("queued",)) == []
+    created = [store.job(j.id).created for j in jobs]
+    assert [j.id for j in store.page_jobs(states=("done",), created_from=created[1],
+                                          created_to=created[3])] == newest[1:4]
+    for i in range(4):
+        store.store_inbound(f"P{i}", "demo" if i < 3 else "other", {}, [])
+    assert [f.id for f in store.page_inbound(limit=2)] == ["other/P3", "demo/P2"]
+    assert [f.id for f in store.page_inbound(topics=("demo",), start_key="demo/P1")] == \
+        ["demo/P1", "demo/P0"]
+    assert [f.id for f in store.page_inbound(states=("delivered",))] == []
+    ids = [store.add_log(SmtpLogRecord(mail_from=f"m{i % 2}@example.com", ts=1000.0 + i))
+           for i in range(4)]
+    assert [e.id for e in store.page_log(limit=2)] == ids[::-1][:2]
+    assert [e.id for e in store.page_log(senders=("M1@example.com",), start_key=ids[2])] == \
+        [ids[1]]
+    assert [e.id for e in store.page_log(created_from=1001.0, created_to=1002.0)] == \
+        [ids[2], ids[1]]
+
+
+def test_count_faxes_since_per_scope(store: Store):
+    a = new_job(auth_user="alice", peer="127.0.0.7", sender="x@example.com")
+    b = new_job(auth_user="alice", peer="127.0.0.8", sender="y@example.com",
+                report_to="alice@example.com")
+    b.recipients = b.recipients[:1]
+    store.create_jobs([(a, None), (b, None)])
+    assert store.count_faxes_since("user", "alice", 0) == 3  # faxes: recipients, not jobs
+    assert store.count_faxes_since("user", "bob", 0) == 0
+    assert store.count_faxes_since("sender", "x@example.com", 0) == 2
+    assert store.count_faxes_since("client", "127.0.0.8", 0) == 1
+    assert store.count_faxes_since("number", "+4989123456", 0) == 2
+    assert store.count_faxes_since("number", "+4930123456", 0) == 1
+    assert store.count_faxes_since("user", "alice", time.time() + 1) == 0
+    row = store.job(b.id)
+    assert row.peer == "127.0.0.8" and row.report_to == "alice@example.com"
+    assert row.report_address == "alice@example.com"
+    assert store.job(a.id).report_address == "x@example.com"
+    assert "reports to alice@example.com" in store.job_events(b.id)[0].detail
+
+
+def test_a_job_can_be_recorded_failed_at_once(store: Store):
+    job = new_job(state="failed", last_error="document URL answered 404")
+    store.create_jobs([(job, None)])
+    row = store.job(job.id)
+    assert row.state == "failed" and row.last_error == "document URL answered 404"
+    assert [(e.kind, e.detail) for e in store.job_events(job.id)] == \
+        [("accepted", store.job_events(job.id)[0].detail),
+         ("failed", "document URL answered 404")]
+    assert store.next_jobs(5) == []  # never sent
+    assert store.delete_job(job.id)  # settled: the API may delete it
+
+
+def test_resolving_a_held_job_with_its_outcome(store: Store):
+    """A job held after its outcome was recorded is closed once, by its outcome, with
+    its report (operations.resolve_job: finish_job from held)."""
+    job = new_job()
+    store.create_jobs([(job, None)])
+    store.set_job_state(job.id, "submitted", event="submitted", retarus_job_id="FJR")
+    assert store.finish_job(job.id, "held", event="held", detail="report not composable",
+                            recipients=[{"idx": 0, "status": "OK"}, {"idx": 1, "status": "OK"}],
+                            error="report could not be composed")
+    assert [j.id for j in store.held_for("report could not be composed")] == [job.id]
+    assert store.reports_to_delete() == []  # held: its report stays at Retarus
+    assert store.finish_job(job.id, "done", event="resolved", detail="by admin",
+                            mail=("f@b", ["a@example.com"], b"fallback"), expect=("held",))
+    assert not store.finish_job(job.id, "done", event="resolved", detail="again",
+                                mail=("f@b", ["a@example.com"], b"twice"), expect=("held",))
+    assert store.job(job.id).state == "done" and store.job(job.id).reported == 1
+    assert [m.ref for m in store.list_mail()] == [job.id]
+    assert [j.id for j in store.reports_to_delete()] == [job.id]
+    assert [r.status for r in store.job_recipients(job.id)] == ["OK", "OK"]
 
 
 # ----------------------------------------------------------------- PostgreSQL only
@@ -276,7 +454,7 @@ def test_two_nodes_starting_at_once_migrate_once(database_url):
         t.join()
     try:
         assert not errors, errors
-        assert {s.database()["schema_version"] for s in stores} == {1}
+        assert {s.database()["schema_version"] for s in stores} == {PG_SCHEMA_VERSION}
         assert stores[0].query("SELECT COUNT(*) AS n FROM schema_version")[0]["n"] == 1
     finally:
         for s in stores:
@@ -295,12 +473,12 @@ def test_check_reports_the_database(database_url, monkeypatch):
     # an empty database: reachable, no schema yet, and check leaves it so
     fresh = run_faxbridge("check", "--database-url", database_url)
     assert fresh.returncode == 0, fresh.stdout + fresh.stderr
-    assert "reachable, schema version 0 (this faxbridge uses 1; `serve` creates or " \
-        "migrates it at start), 0 node(s) alive" in fresh.stdout
+    assert f"reachable, schema version 0 (this faxbridge uses {PG_SCHEMA_VERSION}; `serve` " \
+        "creates or migrates it at start), 0 node(s) alive" in fresh.stdout
     open_store(Path(), database_url=database_url).close()  # as a bridge at its start
     ok = run_faxbridge("check", "--database-url", database_url)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "reachable, schema version 1, 0 node(s) alive" in ok.stdout
+    assert f"reachable, schema version {PG_SCHEMA_VERSION}, 0 node(s) alive" in ok.stdout
     assert "PostgreSQL at 127.0.0.1:" in ok.stdout  # the summary, without a password
     from tests.pgserver import free_port
     bad = run_faxbridge("check", "--database-url",

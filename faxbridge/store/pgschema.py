@@ -160,6 +160,16 @@ MIGRATIONS: list[str] = [
     -- PDFs and TIFFs do not compress: do not spend CPU trying (TOAST, uncompressed)
     ALTER TABLE chunks ALTER COLUMN data SET STORAGE EXTERNAL;
     """,
+    # 2 (SQLite's 5): identity, not claims: rate limits count faxes (recipients) per
+    # authenticated user, per client address and per number; a job's reports go to
+    # report_to (the user's address) when MAIL FROM is not the user's own.
+    """
+    ALTER TABLE jobs ADD COLUMN peer TEXT;
+    ALTER TABLE jobs ADD COLUMN report_to TEXT;
+    CREATE INDEX jobs_auth_user ON jobs(auth_user, created);
+    CREATE INDEX jobs_peer ON jobs(peer, created);
+    CREATE INDEX job_recipients_number ON job_recipients(number);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -285,10 +285,12 @@ class PostgresStore:
         c.execute(
             "INSERT INTO jobs (id,state,created,updated,sender,auth_user,message_id,"
             "subject,rule,header,options_json,deadline,valid_until,notify,"
-            "attach_documents) VALUES (%s,'queued',%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-            (job.id, now, now, job.sender, job.auth_user, job.message_id,
+            "attach_documents,last_error,peer,report_to) "
+            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            (job.id, job.state, now, now, job.sender, job.auth_user, job.message_id,
              job.subject, job.rule, job.header, json.dumps(job.options),
-             job.deadline, job.valid_until, job.notify, int(job.attach_documents)))
+             job.deadline, job.valid_until, job.notify, int(job.attach_documents),
+             job.last_error, job.peer, job.report_to))
         c.execute("INSERT INTO job_messages (job_id, size) VALUES (%s, %s)",
                   (job.id, len(job.raw)))
         self._put(c, f"msg:{job.id}", job.raw)
@@ -304,8 +306,15 @@ class PostgresStore:
                       (job.id, i, d.name, d.content_type, d.charset, len(d.data)))
             self._put(c, f"doc:{job.id}:{i}", d.data)
         self._event(c, job.id, "accepted",
-                    f"from {job.sender}, {len(job.recipients)} recipient(s), "
+                    f"from {job.sender}"
+                    + (f" (user {job.auth_user}, reports to {job.report_to})"
+                       if job.report_to else "")
+                    + f", {len(job.recipients)} recipient(s), "
                     f"{len(job.documents)} document(s), rule {job.rule}")
+        if job.state != "queued":
+            # a job recorded failed at once (its documents could not be had): the
+            # timeline says so, as for any other final state
+            self._event(c, job.id, job.state, job.last_error or "")
         if log_rec is not None:
             log_rec.job_id = job.id
             self._log(c, log_rec)
@@ -498,9 +507,14 @@ class PostgresStore:
         args.append(limit)
         return rows_as(Job, self.query(sql, args))
 
-    def count_jobs_since(self, sender: str, since: float) -> int:
-        rows = self.query("SELECT COUNT(*) AS n FROM jobs WHERE sender=%s AND created>=%s",
-                          (sender, since))
+    def count_faxes_since(self, scope: str, key: str, since: float) -> int:
+        """Faxes (job recipients) accepted since `since` for a rate limit's key, as in
+        SQLite: scope 'user', 'sender', 'client' or 'number'. Every node counts in the
+        one database, so a limit holds across the cluster."""
+        where = _FAX_SCOPES[scope]
+        rows = self.query(
+            "SELECT COUNT(*) AS n FROM job_recipients r JOIN jobs j ON j.id = r.job_id "
+            f"WHERE {where}=%s AND j.created>=%s", (key, since))
         return int(rows[0]["n"])
 
     def job_state_counts(self) -> dict[str, int]:
@@ -679,6 +693,156 @@ class PostgresStore:
         return rows_as(OutMail, self.query(
             f"SELECT {MAIL} FROM mail_out ORDER BY id DESC LIMIT %s", (limit,)))
 
+    # ------------------------------------------------------------ payloads
+    # As in SQLite (store/payloads.py): deleting a fax or only its payload touches
+    # settled items only, and keeps the evidence (row, results, timeline, SMTP log)
+    # when only the payload goes. Here the bytes live in `chunks`, which no foreign
+    # key reaches: every deletion removes the chunk rows of what it deletes in the
+    # same transaction. PostgreSQL keeps a deleted row's bytes on disk until VACUUM
+    # (autovacuum) reclaims the space for reuse; no statement here can shrink the
+    # files (VACUUM FULL locks the table, which a running cluster cannot afford).
+    @staticmethod
+    def _locked(c: Any, table: str, key: str, where: str) -> bool:
+        """Lock the row if it is settled: a node changing it meanwhile waits, and the
+        deletion decides on the state it will delete in."""
+        return c.execute(f"SELECT 1 FROM {table} WHERE id=%s AND {where} "  # noqa: S608
+                         "FOR UPDATE", (key,)).fetchone() is not None
+
+    @staticmethod
+    def _drop_mails(c: Any, kind: str, ref: str, *, rows: bool) -> None:
+        """The settled mails of a fax: their bodies (`rows`: the mails themselves)."""
+        if rows:
+            ids = c.execute("DELETE FROM mail_out WHERE kind=%s AND ref=%s AND "
+                            "state<>'queued' RETURNING id", (kind, ref)).fetchall()
+        else:
+            ids = c.execute("UPDATE mail_out SET size=0 WHERE kind=%s AND ref=%s AND "
+                            "state IN ('sent','failed') RETURNING id", (kind, ref)).fetchall()
+        if ids:
+            c.execute("DELETE FROM chunks WHERE owner = ANY(%s)",
+                      ([f"mail:{r['id']}" for r in ids],))
+
+    def _drop_job_payload(self, c: Any, job_id: str) -> None:
+        c.execute("DELETE FROM chunks WHERE owner = ANY(ARRAY(SELECT 'doc:' || job_id || "
+                  "':' || idx FROM job_documents WHERE job_id=%s)) OR owner=%s",
+                  (job_id, f"msg:{job_id}"))
+        c.execute("DELETE FROM job_documents WHERE job_id=%s", (job_id,))
+        c.execute("DELETE FROM job_messages WHERE job_id=%s", (job_id,))
+        self._drop_mails(c, "report", job_id, rows=False)
+
+    def _drop_fax_payload(self, c: Any, key: str) -> None:
+        c.execute("DELETE FROM chunks WHERE owner = ANY(ARRAY(SELECT 'in:' || fax_id || "
+                  "':' || idx FROM inbound_files WHERE fax_id=%s))", (key,))
+        c.execute("DELETE FROM inbound_files WHERE fax_id=%s", (key,))
+        self._drop_mails(c, "inbound", key, rows=False)
+
+    def delete_job(self, job_id: str) -> bool:
+        with self.tx() as c:
+            if not self._locked(c, "jobs", job_id, _JOB_FINAL):
+                return False
+            self._drop_job_payload(c, job_id)
+            self._drop_mails(c, "report", job_id, rows=True)
+            c.execute("DELETE FROM job_events WHERE job_id=%s", (job_id,))
+            c.execute("DELETE FROM jobs WHERE id=%s", (job_id,))  # cascades to its tables
+        return True
+
+    def delete_job_payload(self, job_id: str, detail: str) -> bool:
+        with self.tx() as c:
+            if not self._locked(c, "jobs", job_id, _JOB_FINAL):
+                return False
+            self._drop_job_payload(c, job_id)
+            self._event(c, job_id, "payload-deleted", detail)
+        return True
+
+    def delete_inbound(self, key: str) -> bool:
+        """A settled, acknowledged received fax (an unacknowledged one would be
+        fetched and stored again)."""
+        with self.tx() as c:
+            if not self._locked(c, "inbound", key, f"acked=1 AND {_FAX_SETTLED}"):
+                return False
+            self._drop_fax_payload(c, key)
+            self._drop_mails(c, "inbound", key, rows=True)
+            c.execute("DELETE FROM inbound WHERE id=%s", (key,))  # cascades to its files
+        return True
+
+    def delete_inbound_payload(self, key: str) -> bool:
+        with self.tx() as c:
+            if not self._locked(c, "inbound", key, _FAX_SETTLED):
+                return False
+            self._drop_fax_payload(c, key)
+        return True
+
+    def expire_payloads(self, direction: str, before: float, limit: int = 1000) -> list[str]:
+        """The payloads of settled items of `direction` created before `before`; the
+        ids whose payload went. Rows another node is deleting are skipped (SKIP
+        LOCKED), not waited for: the next pass finds whatever is left."""
+        assert direction in ("outbound", "inbound"), direction
+        with self.tx() as c:
+            if direction == "outbound":
+                ids = [r["id"] for r in c.execute(
+                    f"SELECT id FROM jobs WHERE {_JOB_FINAL} AND created<%s AND "
+                    f"{_JOB_HAS_PAYLOAD} ORDER BY created LIMIT %s FOR UPDATE SKIP LOCKED",
+                    (before, limit))]
+                for job_id in ids:
+                    self._drop_job_payload(c, job_id)
+                    self._event(c, job_id, "payload-expired",
+                                "storage.payload_retention_days reached")
+            else:
+                ids = [r["id"] for r in c.execute(
+                    f"SELECT id FROM inbound WHERE {_FAX_SETTLED} AND created<%s AND "
+                    f"{_FAX_HAS_PAYLOAD} ORDER BY created LIMIT %s FOR UPDATE SKIP LOCKED",
+                    (before, limit))]
+                for key in ids:
+                    self._drop_fax_payload(c, key)
+        return ids
+
+    # Newest first; `start_key` is the id of the first item of the page (the previous
+    # page's next_start_key), as in SQLite.
+    def page_jobs(self, *, states: tuple[str, ...], senders: tuple[str, ...] | None = None,
+                  created_from: float | None = None, created_to: float | None = None,
+                  start_key: str | None = None, limit: int = 50) -> list[Job]:
+        sql, args = f"SELECT {JOB} FROM jobs WHERE state = ANY(%s)", [list(states)]
+        if senders is not None:
+            sql += " AND sender = ANY(%s)"
+            args.append([s.lower() for s in senders])
+        sql, args = _window(sql, args, "created", created_from, created_to)
+        if start_key is not None:
+            sql += " AND (created, id) <= (SELECT created, id FROM jobs WHERE id=%s)"
+            args.append(start_key)
+        return rows_as(Job, self.query(sql + " ORDER BY created DESC, id DESC LIMIT %s",
+                                       (*args, limit)))
+
+    def page_inbound(self, *, states: tuple[str, ...] | None = None,
+                     topics: tuple[str, ...] | None = None, created_from: float | None = None,
+                     created_to: float | None = None, start_key: str | None = None,
+                     limit: int = 50) -> list[InboundFax]:
+        sql, args = f"SELECT {INBOUND} FROM inbound WHERE TRUE", []
+        if states is not None:
+            sql += " AND state = ANY(%s)"
+            args.append(list(states))
+        if topics is not None:
+            sql += " AND topic = ANY(%s)"
+            args.append(list(topics))
+        sql, args = _window(sql, args, "created", created_from, created_to)
+        if start_key is not None:
+            sql += " AND (created, id) <= (SELECT created, id FROM inbound WHERE id=%s)"
+            args.append(start_key)
+        return rows_as(InboundFax, self.query(
+            sql + " ORDER BY created DESC, id DESC LIMIT %s", (*args, limit)))
+
+    def page_log(self, *, senders: tuple[str, ...] | None = None,
+                 created_from: float | None = None, created_to: float | None = None,
+                 start_key: int | None = None, limit: int = 50) -> list[LogEntry]:
+        sql, args = f"SELECT {_cols(LogEntry)} FROM smtp_log WHERE TRUE", []
+        if senders is not None:
+            sql += " AND mail_from = ANY(%s)"
+            args.append([s.lower() for s in senders])
+        sql, args = _window(sql, args, "ts", created_from, created_to)
+        if start_key is not None:
+            sql += " AND id<=%s"
+            args.append(start_key)
+        return rows_as(LogEntry, self.query(sql + " ORDER BY id DESC LIMIT %s",
+                                            (*args, limit)))
+
     # ------------------------------------------------------------ the whole store
     def lead(self, name: str) -> bool:
         """Whether this node does the one-node work `name` now: it keeps the lead while
@@ -729,6 +893,34 @@ class PostgresStore:
             return f"{len(bad)} stored value(s) incomplete, e.g. {bad[0]['owner']}"
         return "ok"
 
+
+def _window(sql: str, args: list[Any], column: str, t_from: float | None,
+            t_to: float | None) -> tuple[str, list[Any]]:
+    if t_from is not None:
+        sql += f" AND {column}>=%s"
+        args.append(t_from)
+    if t_to is not None:
+        sql += f" AND {column}<=%s"
+        args.append(t_to)
+    return sql, args
+
+
+# settled: a job done or failed; a received fax delivered, or held (given up on)
+_JOB_FINAL = "state IN (" + ",".join(f"'{s}'" for s in OUT_FINAL) + ")"
+_FAX_SETTLED = "state IN ('delivered','held')"
+_JOB_HAS_PAYLOAD = (
+    "(EXISTS (SELECT 1 FROM job_documents d WHERE d.job_id=jobs.id) OR "
+    "EXISTS (SELECT 1 FROM job_messages m WHERE m.job_id=jobs.id) OR "
+    "EXISTS (SELECT 1 FROM mail_out o WHERE o.kind='report' AND o.ref=jobs.id "
+    "AND o.state IN ('sent','failed') AND o.size>0))")
+_FAX_HAS_PAYLOAD = (
+    "(EXISTS (SELECT 1 FROM inbound_files f WHERE f.fax_id=inbound.id) OR "
+    "EXISTS (SELECT 1 FROM mail_out o WHERE o.kind='inbound' AND o.ref=inbound.id "
+    "AND o.state IN ('sent','failed') AND o.size>0))")
+
+# a rate limit's scope → the column it counts by (a fixed table: never client text)
+_FAX_SCOPES = {"user": "j.auth_user", "sender": "j.sender", "client": "j.peer",
+               "number": "r.number"}
 
 _QUEUES = (
     ("jobs", "SELECT COUNT(*) AS n, MIN(created) AS oldest FROM jobs "

@@ -118,8 +118,9 @@ class PayloadStore(Protocol):
     A payload: a sent fax's message, documents and settled report mails; a received
     fax's files and settled mails. Only settled items are touched (jobs done/failed,
     received faxes delivered/held); each returns False when the item is not there
-    or not settled. A backend frees the space of what it deleted (SQLite: incremental
-    vacuum and a WAL checkpoint) before returning."""
+    or not settled. A backend removes the bytes of what it deleted before returning
+    (SQLite: incremental vacuum and a WAL checkpoint; PostgreSQL: the chunk rows, in
+    the same transaction, their space reused after autovacuum)."""
 
     def delete_job(self, job_id: str) -> bool: ...
     def delete_job_payload(self, job_id: str, detail: str) -> bool: ...
