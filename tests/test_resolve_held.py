@@ -57,8 +57,8 @@ def reports(bridge: Any) -> list[EmailMessage]:
 
 
 def report_of(bridge: Any, job_id: str) -> EmailMessage | None:
-    return next((m for m in reports(bridge)
-                 if job_id in m.get_body(("plain",)).get_content()), None)
+    # the job id is in a header, not in the text people read
+    return next((m for m in reports(bridge) if m["X-Faxbridge-Job"] == job_id), None)
 
 
 async def report_stored(bridge: Any, job_id: str) -> bool:
