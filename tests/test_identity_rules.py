@@ -65,7 +65,7 @@ def test_mail_decision_and_report_address():
 
 def test_rate_keys_and_limits():
     rule = SenderRule(name="r", match=("*",), max_per_hour=3, max_per_day=10)
-    user = accept.MailState("scan@copier.example", accept.Client("10.0.0.9", "scanner"))
+    user = accept.MailState("scan@copier.example", accept.Client("10.0.0.9", auth_user="scanner"))
     assert accept.rate_keys(user, "+4930123") == (
         ("user", "scanner"), ("client", "10.0.0.9"), ("number", "+4930123"))
     anon = accept.MailState("Alice@Example.com", accept.Client("10.0.0.9"))
