@@ -292,3 +292,23 @@ async def test_a_status_push_for_a_poison_job_holds_it_and_answers_2xx(make_brid
     assert job.state == "held" and job.last_error.startswith(REPORT_HELD), job
     held = [e.detail for e in bridge.store.job_events(t.job_id) if e.kind == "held"]
     assert len(held) == 1 and "(push)" in held[0], held
+
+
+async def test_a_long_subject_with_a_literal_encoded_word_gets_its_report(make_bridge):
+    """The fuzz run's find: a long subject whose text holds "=?" (here an encoded
+    word that decodes to a literal "=?utf-8?q?x?=") made the report's Subject fold
+    with a line break, composing failed and the job was held. Now the report is
+    sent, and its Subject holds the sender's text exactly."""
+    bridge = await make_bridge(fax=FAST)
+    subject = "Befund =?utf-8?q?x?= " + "x" * 150 + " Ende"
+    raw = raw_mail(b"Befund " + encoded_word("=?utf-8?q?x?=", "b") + b" " + b"x" * 150
+                   + b" Ende", b"<long@host>", b"Alice", b"Office", b"a.txt")
+    t = await send(bridge.smtp_address, raw, mail_from=SENDER,
+                   rcpts=["+4989123456@fax.local"])
+    assert t.job_id, t
+    job = await wait_for(lambda: (j := bridge.store.job(t.job_id)) and j.state in FINAL and j)
+    assert job.subject == subject
+    assert job.state == "done", (job.state, job.last_error)
+    report = await wait_for(lambda: report_of(bridge, t.job_id))
+    assert subject in str(report["Subject"]), report["Subject"]
+    assert_clean_headers(report)

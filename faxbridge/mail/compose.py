@@ -245,9 +245,15 @@ class Composer:
         msg["To"] = ", ".join(to)
         subject = " ".join(self.render(f"{base}.subject.j2", ctx).split())
         # A sender's subject may hold a literal "=?utf-8?b?...?=": set as it is, the
-        # header parser would decode it (possibly into control characters). Encoded
-        # by us, it is decoded back to exactly this text.
-        msg["Subject"] = Header(subject, "utf-8").encode() if "=?" in subject else subject
+        # header parser would decode it (possibly into control characters), and the
+        # generator would write it out unencoded for the reader's client to decode.
+        # So it is encoded by us, whole (RFC 2047 §5: an "=?" in text must itself be
+        # encoded), folded into lines the generator keeps as they are: a long subject
+        # folds with a line break, which an assigned header value may not contain.
+        if "=?" in subject:
+            msg.set_raw("Subject", Header(subject, "utf-8", header_name="Subject").encode())
+        else:
+            msg["Subject"] = subject
         msg["Date"] = formatdate(localtime=True)
         msg["Message-ID"] = make_msgid(domain=self.domain)
         # RFC 3834: machine-generated; autoresponders must not answer (no mail loops).
