@@ -31,8 +31,9 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
       "inbound/", "retarus/", "runner.py", "httpx/", "httpcore/", "h11/")),
     ("commit (group commit, store)", ("groupcommit.py", "create_jobs", "store/")),
     ("SMTP log (log line, log record)", ("txlog.py", "logging/", "logsetup.py", "add_log")),
+    # (not "email/" alone: aiosmtpd parses MAIL/RCPT addresses with it too)
     ("MIME parse (pool)", ("_parse (faxbridge/smtp/handler.py", "intake/mime.py",
-                           "intake/slim.py", "email/", "_display_names")),
+                           "intake/slim.py", "_display_names")),
     ("routing (MAIL/RCPT decisions, rate holds)", ("intake/accept.py", "intake/rules.py",
                                                    "intake/numbers.py", "inflight.py",
                                                    "handle_RCPT", "handle_MAIL")),
