@@ -130,7 +130,7 @@ class Bridge:
     (store, fax4a, composer, metrics, …) are the view tests and the CLI use."""
 
     def __init__(self, cfg: Config, role: str = "all",
-                 workers_argv: list[str] | None = None) -> None:
+                 workers_argv: list[str] | None = None, workers_nice: int = 0) -> None:
         """role "all": one process does everything. "accept" (`serve
         --workers-process`): SMTP, HTTP and the commits here, the downstream stages
         (submission, tracking, report and fax mails, housekeeping, topic polls, the
@@ -139,6 +139,7 @@ class Bridge:
         time). "workers": that child."""
         self.role = role
         self.workers_argv = workers_argv
+        self.workers_nice = workers_nice
         self.workers: asyncio.subprocess.Process | None = None
         self.config = ConfigProvider(cfg)
         self.health = Health(metrics=Metrics())
@@ -303,8 +304,12 @@ class Bridge:
             env[ENV_SIM_URL] = self.sim_url
         if push_secret:
             env[ENV_PUSH_SECRET] = push_secret
+        nice = self.workers_nice
         self.workers = await asyncio.create_subprocess_exec(
-            *self.workers_argv, stdin=asyncio.subprocess.PIPE, env=env)
+            *self.workers_argv, stdin=asyncio.subprocess.PIPE, env=env,
+            # a lower CPU priority: accepting (the 250 a client waits for) goes first,
+            # the durable queue absorbs what the workers have not done yet
+            preexec_fn=(lambda: os.nice(nice)) if nice else None)
         log.info("workers process started (pid %d)", self.workers.pid)
         self.wakeups.submit.set()  # anything queued before this start
 
@@ -560,8 +565,9 @@ def _mtimes(path: Path) -> tuple[float, ...]:
 
 async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
               config_path: Path | None = None, overrides: Overrides | None = None,
-              role: str = "all", workers_argv: list[str] | None = None) -> None:
-    bridge = Bridge(cfg, role, workers_argv)
+              role: str = "all", workers_argv: list[str] | None = None,
+              workers_nice: int = 0) -> None:
+    bridge = Bridge(cfg, role, workers_argv, workers_nice)
     try:
         await bridge.start()
     except BaseException:

@@ -42,7 +42,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         asyncio.run(run(cfg, print_fn=lambda s: print(s, flush=True),
                         config_path=Path(args.config) if args.config else None,
-                        overrides=overrides, role=role, workers_argv=workers_argv))
+                        overrides=overrides, role=role, workers_argv=workers_argv,
+                        workers_nice=args.workers_nice))
     except (ListenError, TemplateError, StoreError) as exc:
         print(f"faxbridge: {exc}", file=sys.stderr)
         return 1
@@ -90,6 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--workers-process", action="store_true",
                    help="run submission, tracking, mails and polls in a second process, "
                         "so that they do not slow down accepting mail")
+    s.add_argument("--workers-nice", type=int, default=0, metavar="N",
+                   help="with --workers-process: run the workers process N steps "
+                        "nicer (lower CPU priority) than the listener (default 0)")
     s.add_argument("--workers-child", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_serve)
 
