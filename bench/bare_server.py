@@ -24,4 +24,9 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    # --uvloop: the same loop kind as a bridge running on uvloop
+    if "--uvloop" in sys.argv[2:]:
+        import uvloop
+        uvloop.run(main(int(sys.argv[1])))
+    else:
+        asyncio.run(main(int(sys.argv[1])))

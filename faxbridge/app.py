@@ -18,6 +18,7 @@ import os
 import secrets
 import signal
 import ssl
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,41 @@ log = logging.getLogger("faxbridge")
 # cancelling them (a Fax4A POST in flight is given its chance to be answered).
 STOP_SECONDS = 20.0
 
+# `serve --workers-process`: what the accepting process hands its workers process
+# (the embedded simulator's URL, the per-run push secret) and how it wakes it.
+ENV_SIM_URL = "FAXBRIDGE_WORKERS_SIM_URL"
+ENV_PUSH_SECRET = "FAXBRIDGE_WORKERS_PUSH_SECRET"
+WAKE_BYTES = {"submit": b"s", "mail": b"m", "inbound": b"i"}
+
+
+class _ForwardedEvent(asyncio.Event):
+    """A wake-up in the accepting process whose stage runs in the workers process:
+    setting it also sends one byte down the workers' stdin."""
+
+    def __init__(self, send: Callable[[], None]) -> None:
+        super().__init__()
+        self._send = send
+
+    def set(self) -> None:
+        super().set()
+        self._send()
+
+
+class _WakeReader(asyncio.Protocol):
+    """The workers process's end of the wake-up pipe: a byte sets its event; end of
+    file means the accepting process is gone, and the workers stop too."""
+
+    def __init__(self, wakeups: Wakeups, gone: Callable[[], None]) -> None:
+        self.wakeups, self.gone = wakeups, gone
+
+    def data_received(self, data: bytes) -> None:
+        for name, byte in WAKE_BYTES.items():
+            if byte in data:
+                getattr(self.wakeups, name).set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gone()
+
 
 @dataclass
 class Overrides:
@@ -93,10 +129,24 @@ class Bridge:
     Its attributes are the services and listeners; the read-only properties
     (store, fax4a, composer, metrics, …) are the view tests and the CLI use."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, role: str = "all",
+                 workers_argv: list[str] | None = None, workers_nice: int = 0) -> None:
+        """role "all": one process does everything. "accept" (`serve
+        --workers-process`): SMTP, HTTP and the commits here, the downstream stages
+        (submission, tracking, report and fax mails, housekeeping, topic polls, the
+        push listener when it has one) in a child started with `workers_argv`, so that
+        they do not take the accept loop's CPU (the interpreter runs one thread at a
+        time). "workers": that child."""
+        self.role = role
+        self.workers_argv = workers_argv
+        self.workers_nice = workers_nice
+        self.workers: asyncio.subprocess.Process | None = None
         self.config = ConfigProvider(cfg)
         self.health = Health(metrics=Metrics())
         self.wakeups = Wakeups()
+        if role == "accept":
+            self.wakeups = Wakeups(**{name: _ForwardedEvent(self._wake_sender(byte))
+                                      for name, byte in WAKE_BYTES.items()})
         # faxes accepted but not yet committed, counted by every rate limit: the SMTP
         # listener's transactions and the Faxes API's requests alike
         self.inflight = InFlight()
@@ -181,7 +231,9 @@ class Bridge:
                                      cfg.storage.database_url,
                                      lease_seconds=cfg.storage.node_lease_seconds))
         self.committer = GroupCommitter(db.store, db.run)
-        if cfg.retarus.mode == "simulator" and not cfg.retarus.send_url:
+        if self.role == "workers":
+            self.sim_url = os.environ.get(ENV_SIM_URL) or None
+        elif cfg.retarus.mode == "simulator" and not cfg.retarus.send_url:
             self.sim_state = SimState(customer_number=cfg.retarus.customer_number,
                                       username=cfg.retarus.username,
                                       password=cfg.retarus.password.resolve() or SIM_PASSWORD,
@@ -195,12 +247,16 @@ class Bridge:
         # The status push secret: configured, or (simulator) a random one per run that
         # travels to the simulator inside each job, like the real credentials would.
         push_secret = cfg.retarus.push_password.resolve() or (
+            os.environ.get(ENV_PUSH_SECRET) if self.role == "workers" else None) or (
             secrets.token_urlsafe(18) if cfg.retarus.mode == "simulator" else None)
         self.retarus = RetarusClients(self.config, self.sim_url, push_secret)
         self.retarus.connect()
         parts = (db, self.config, self.mail, self.health, self.wakeups)
         self.finisher, self.fax_mail = Finisher(*parts), FaxMail(*parts)
-        if cfg.retarus.push_listen:
+        if self.role == "workers":
+            await self._start_workers_role(push_secret)
+            return
+        if cfg.retarus.push_listen and self.role == "all":
             self.push_server = _http_server(
                 build_push_app(self.db, self.config, self.retarus, self.finisher), cfg,
                 cfg.retarus.push_listen, "retarus.push_listen")
@@ -211,7 +267,56 @@ class Bridge:
         self.handler = FaxHandler(self.config, db, self.cpu, self.committer,
                                   self.health.metrics, self.wakeups, self.inflight)
         self.smtp_server, self.health.smtp_address = await self._start_smtp()
+        if self.role == "accept":
+            await self._spawn_workers(push_secret)
+        else:
+            self._start_runners()
+
+    async def _start_workers_role(self, push_secret: str | None) -> None:
+        """The workers process: the runners, the topic pollers and the status push
+        webhook on a listener of its own (retarus.push_listen; with the simulator and
+        none configured, an ephemeral loopback port), so that a push and the report
+        mail it triggers are handled here, not in the accepting process."""
+        cfg = self.cfg
+        assert self.db and self.retarus and self.finisher
+        listen = cfg.retarus.push_listen
+        if listen is None and cfg.retarus.mode == "simulator" and push_secret:
+            listen = "127.0.0.1:0"
+        if listen is not None:
+            self.push_server = _http_server(
+                build_push_app(self.db, self.config, self.retarus, self.finisher), cfg,
+                listen, "retarus.push_listen")
+            await self.push_server.start()
+            self.retarus.webhook_url = self.push_server.url + PUSH_PATH
         self._start_runners()
+
+    def _wake_sender(self, byte: bytes) -> Callable[[], None]:
+        def send() -> None:
+            w = self.workers
+            if w is not None and w.stdin is not None and not w.stdin.is_closing():
+                w.stdin.write(byte)
+        return send
+
+    async def _spawn_workers(self, push_secret: str | None) -> None:
+        assert self.workers_argv is not None
+        env = {**os.environ}
+        if self.sim_url:
+            env[ENV_SIM_URL] = self.sim_url
+        if push_secret:
+            env[ENV_PUSH_SECRET] = push_secret
+        nice = self.workers_nice
+        self.workers = await asyncio.create_subprocess_exec(
+            *self.workers_argv, stdin=asyncio.subprocess.PIPE, env=env,
+            # a lower CPU priority: accepting (the 250 a client waits for) goes first,
+            # the durable queue absorbs what the workers have not done yet
+            preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        log.info("workers process started (pid %d)", self.workers.pid)
+        self.wakeups.submit.set()  # anything queued before this start
+
+    async def listen_to_parent(self, gone: Callable[[], None]) -> None:
+        """(workers process) Wake-ups from the accepting process on stdin."""
+        await asyncio.get_running_loop().connect_read_pipe(
+            lambda: _WakeReader(self.wakeups, gone), sys.stdin)
 
     def _web_app(self):  # noqa: ANN202 - a Starlette app
         assert self.db and self.retarus and self.finisher and self.fax_mail
@@ -220,8 +325,12 @@ class Bridge:
             dashboard_routes(self.db, self.config, self.health, self.wakeups, self.fax_mail)
         creator = FaxCreator(self.db, self.cpu, self.committer, self.wakeups, self.inflight)
         api = faxes_routes(self.db, self.config, creator)
+        # with its own listener, the push is served there (by the workers process
+        # when there is one), not on the main listener
+        push = self.push_server is None and not (self.role == "accept"
+                                                  and self.cfg.retarus.push_listen)
         return build_web_app(self.db, self.config, self.health, self.retarus, self.finisher,
-                             [*admin, *api], push=self.push_server is None)
+                             [*admin, *api], push=push)
 
     def _webhook_base(self) -> str:
         server = self.push_server or self.http_server
@@ -286,7 +395,7 @@ class Bridge:
         fresh_smtp: tuple[asyncio.base_events.Server, str] | None = None
         fresh_http: HttpServer | None = None
         try:
-            if new.smtp.listen != old.smtp.listen:
+            if new.smtp.listen != old.smtp.listen and self.handler is not None:
                 fresh_smtp = await self._start_smtp(new.smtp.listen)
             if new.http.listen != old.http.listen and self.http_server is not None:
                 fresh_http = _http_server(self._web_app(), new)
@@ -322,7 +431,7 @@ class Bridge:
         if new.retarus != old.retarus and self.retarus is not None:
             self.retarus.connect()
             changes.append("retarus")
-        if new.topics != old.topics:
+        if new.topics != old.topics and self.role != "accept":
             await self._stop_topics()
             self._start_topics()
             changes.append("topics")
@@ -361,6 +470,7 @@ class Bridge:
             await self.committer.close()
         await _stop_all(self._runners, STOP_SECONDS)
         self._runners.clear()
+        await self._stop_workers()
         for srv in (self.http_server, self.push_server, self.sim_server):
             if srv is not None:
                 await srv.stop()
@@ -371,6 +481,21 @@ class Bridge:
         self.cpu.shutdown()
         if self.db is not None:
             self.db.close()
+
+    async def _stop_workers(self) -> None:
+        """End of its stdin tells the workers process to stop (between items, as
+        the runners do); it is killed only if it takes too long."""
+        w, self.workers = self.workers, None
+        if w is None:
+            return
+        if w.stdin is not None:
+            w.stdin.close()
+        try:
+            await asyncio.wait_for(w.wait(), STOP_SECONDS + 10)
+        except TimeoutError:
+            log.error("workers process (pid %d) did not stop; killing it", w.pid)
+            w.kill()
+            await w.wait()
 
     def push_url(self) -> str | None:
         return self.retarus.push_url() if self.retarus is not None else None
@@ -439,8 +564,10 @@ def _mtimes(path: Path) -> tuple[float, ...]:
 
 
 async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
-              config_path: Path | None = None, overrides: Overrides | None = None) -> None:
-    bridge = Bridge(cfg)
+              config_path: Path | None = None, overrides: Overrides | None = None,
+              role: str = "all", workers_argv: list[str] | None = None,
+              workers_nice: int = 0) -> None:
+    bridge = Bridge(cfg, role, workers_argv, workers_nice)
     try:
         await bridge.start()
     except BaseException:
@@ -484,6 +611,8 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    if role == "workers":
+        await bridge.listen_to_parent(done.set)
     watcher = None
     if config_path is not None:
         loop.add_signal_handler(signal.SIGHUP,
@@ -493,6 +622,17 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
     # whoever waits for this line may send SIGHUP or change the file at once (before
     # the handler, SIGHUP's default action would end the process).
     addrs = bridge.addresses()
+    if role == "workers":
+        print_fn(f"faxbridge workers process running (pid {os.getpid()})"
+                 + (f", status push webhook: {addrs['push']}{PUSH_PATH}" if "push" in addrs
+                    else ""))
+        try:
+            await done.wait()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            await bridge.stop()
+        return
     print_fn(f"faxbridge listening: SMTP {addrs.get('smtp')}, HTTP {addrs.get('http')}"
              + (f", simulator {addrs['simulator']}" if "simulator" in addrs else ""))
     if "push" in addrs:  # its own line: the listening line's format is relied on

@@ -28,10 +28,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from faxbridge.errors import StoreError
     from faxbridge.mail.compose import TemplateError
     from faxbridge.web.server import ListenError
+    role = "workers" if args.workers_child else (
+        "accept" if args.workers_process else "all")
+    workers_argv = None
+    if role == "accept":
+        # the same command line, minus the listeners the workers do not open
+        workers_argv = [sys.executable, "-m", "faxbridge"] + (
+            ["--verbose"] if args.verbose else []) + ["serve", "--workers-child"]
+        for flag, value in (("--config", args.config), ("--data-dir", args.data_dir),
+                            ("--database-url", args.database_url)):
+            if value:
+                workers_argv += [flag, str(value)]
     try:
         asyncio.run(run(cfg, print_fn=lambda s: print(s, flush=True),
                         config_path=Path(args.config) if args.config else None,
-                        overrides=overrides))
+                        overrides=overrides, role=role, workers_argv=workers_argv,
+                        workers_nice=args.workers_nice))
     except (ListenError, TemplateError, StoreError) as exc:
         print(f"faxbridge: {exc}", file=sys.stderr)
         return 1
@@ -76,6 +88,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--smtp-listen", metavar="HOST:PORT")
     s.add_argument("--http-listen", metavar="HOST:PORT")
     s.add_argument("--simulator-listen", metavar="HOST:PORT")
+    s.add_argument("--workers-process", action="store_true",
+                   help="run submission, tracking, mails and polls in a second process, "
+                        "so that they do not slow down accepting mail")
+    s.add_argument("--workers-nice", type=int, default=0, metavar="N",
+                   help="with --workers-process: run the workers process N steps "
+                        "nicer (lower CPU priority) than the listener (default 0)")
+    s.add_argument("--workers-child", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("simulator", help="run the Retarus simulator alone")

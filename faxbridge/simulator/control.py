@@ -50,6 +50,15 @@ async def jobs(request: Request) -> Response:
                           "pushes": j.pushes} for j in state.jobs])
 
 
+async def jobs_count(request: Request) -> Response:
+    """How many jobs arrived, and under how many distinct customer references: a
+    benchmark polls this while the bridge drains (the full list carries every
+    document and is megabytes long)."""
+    state = sim_state(request)
+    refs = {(j.body.get("reference") or {}).get("customerDefinedId") for j in state.jobs}
+    return JSONResponse({"jobs": len(state.jobs), "references": len(refs)})
+
+
 async def inbound(request: Request) -> Response:
     """A fax arrives on a topic: given documents (base64) or a generated one-page PDF."""
     state = sim_state(request)
@@ -155,6 +164,7 @@ async def calls(request: Request) -> Response:
 
 ROUTES = [
     Route("/_sim/jobs", jobs, methods=["GET"]),
+    Route("/_sim/jobs/count", jobs_count, methods=["GET"]),
     Route("/_sim/inbound", inbound, methods=["POST"]),
     Route("/_sim/inbound", inbound_list, methods=["GET"]),
     Route("/_sim/faults", faults, methods=["POST"]),
