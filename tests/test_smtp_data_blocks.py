@@ -80,3 +80,25 @@ async def test_first_line_starting_with_a_dot_is_unstuffed(make_bridge):
     assert reply[:3] in ("250", "554"), reply
     assert "bare" not in reply.lower() and "line too long" not in reply.lower()
     assert (await wire.cmd(b"QUIT")).startswith("221")
+
+
+async def test_data_starting_with_crlf_ends_at_the_dot(make_bridge):
+    """Data whose first line is empty ("\r\n", then the final dot, or a body without
+    headers) is read line by line from its first byte, CR: that CR's line ends at
+    the LF right after it. (The fuzz run found "\r\n.\r\n" waiting for more data
+    until the client timed out.)"""
+    bridge = await make_bridge()
+    for data, stored in ((b"", None), (b"hello\r\n", b"\r\nhello\r\n"),
+                         (b"\r\r\n", None)):
+        wire = await Wire.open(bridge.smtp_address)
+        assert (await wire.cmd(b"MAIL FROM:<alice@example.com>")).startswith("250")
+        assert (await wire.cmd(b"RCPT TO:<+4989123456@fax.local>")).startswith("250")
+        assert (await wire.cmd(b"DATA")).startswith("354")
+        wire.w.write(b"\r\n" + data + b".\r\n")
+        reply = await wire.reply()  # an answer, not a hang until the idle timeout
+        assert reply[:1] in ("2", "5"), (data, reply)
+        if stored is not None and reply.startswith("250"):
+            job_id = reply.split("Queued as ")[1].split(":")[0]
+            assert bridge.store.job_raw(job_id) == stored
+        assert (await wire.cmd(b"NOOP")).startswith("250"), data  # still in step
+        assert (await wire.cmd(b"QUIT")).startswith("221")

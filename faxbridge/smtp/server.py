@@ -435,7 +435,19 @@ class FaxSMTP(SMTP):
         in_long_line = False  # inside a line longer than the stream reader's limit
         while self.transport is not None:
             try:
-                line = prefix + await self._reader.readuntil(b"\r\n")
+                # A prefix ending in CR (the data's first byte, read by smtp_DATA) may
+                # be the first half of its line's CRLF: readuntil alone would look
+                # past it and join this line with the next (an empty first line and
+                # the final dot then never end the data).
+                while prefix.endswith(b"\r"):
+                    nxt = await self._reader.readexactly(1)
+                    prefix += nxt
+                    if nxt == b"\n":
+                        break
+                if prefix.endswith(b"\r\n"):
+                    line = prefix
+                else:
+                    line = prefix + await self._reader.readuntil(b"\r\n")
                 prefix = b""
                 # progress: the idle timeout counts from here (see _timeout_cb)
                 self._last_progress = self.loop.time()
