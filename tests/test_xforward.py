@@ -8,7 +8,7 @@ import asyncio
 import logging
 import smtplib
 
-from tests.conftest import sim_jobs
+from tests.conftest import sim_jobs, wait_for
 
 
 def session(address: str, *commands: str) -> list[tuple[int, str]]:
@@ -49,8 +49,13 @@ async def test_xforward_addr_is_what_net_rules_judge(make_bridge, caplog):
     assert answers[7][0] == 550 and "not allowed" in answers[7][1], answers[7]  # 127.0.0.1
     assert answers[8] == (503, "5.5.1 Error: MAIL transaction in progress")
     assert bridge.store is not None
-    rec = bridge.store.list_log()[-1]  # oldest first of two
+    # the session is over, but its two log records are committed in the background
+    logged = await wait_for(lambda: (rows := bridge.store.list_log()) and len(rows) >= 2
+                            and rows)
+    rec = logged[-1]  # oldest first of two
     assert rec.peer == "10.1.2.3 via 127.0.0.1", rec
+    await wait_for(lambda: sum(r.getMessage().startswith("abandoned")
+                               for r in caplog.records))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("abandoned")]
     assert lines[0].startswith("abandoned: peer=127.0.0.1 client=10.1.2.3 "
                                "from=<alice@example.com> to=<+4989123456@fax.local>"), lines
