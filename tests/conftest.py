@@ -24,6 +24,7 @@ from faxbridge.config import Config, SenderRule, embedded_default, parse
 from faxbridge.listen import HttpServer
 from faxbridge.retarus.fax4a import Fax4AClient, Fax4AEndpoints, make_client
 from faxbridge.simulator.app import SimState, build_app
+from tests.waiting import wait_for, wait_until  # noqa: F401 - the tests import them from here
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,31 +123,6 @@ def refused_port() -> Iterator[int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         yield s.getsockname()[1]
-
-
-async def wait_for(pred: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
-    """Poll `pred` (sync or async) until it returns something truthy, and return that.
-    The deadline is only an upper bound: generous, so a loaded machine does not fail it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met in {timeout} s")
-
-
-def wait_until(pred: Callable[[], T | None], timeout: float, what: str) -> T:
-    """wait_for for synchronous tests: poll `pred` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 def run_faxbridge(*args: str, text: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -14,12 +14,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 import warnings
 from pathlib import Path
 
 import psycopg
+
+from tests.waiting import wait_until
 
 
 class PgServer:
@@ -62,16 +63,19 @@ class PgServer:
             stdout=subprocess.DEVNULL, stderr=open(root / "postgres.log", "wb"),  # noqa: SIM115
             user=self.user)
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        deadline = time.monotonic() + 60
-        while True:
+        def accepts() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError("PostgreSQL exited: "
+                                   + (root / "postgres.log").read_text()[-2000:])
             try:
                 with psycopg.connect(self.url, connect_timeout=2):
-                    break
+                    return True
             except psycopg.OperationalError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("PostgreSQL did not start: "
-                                       + (root / "postgres.log").read_text()[-2000:]) from None
-                time.sleep(0.05)
+                return False
+        try:
+            wait_until(accepts, 60, "PostgreSQL accepting connections", 0.05)
+        except AssertionError as exc:
+            raise RuntimeError(f"{exc}: " + (root / "postgres.log").read_text()[-2000:]) from None
 
     def _run(self, exe: str, *args: str) -> None:
         subprocess.run([str(self.bin / exe), *args], check=True, capture_output=True,

@@ -8,13 +8,15 @@ the suite that does this. If Postfix then fails to bind it, `start` says so.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from tests.waiting import wait_until
 
 POSTFIX = "/usr/sbin/postfix"
 POSTCONF = "/usr/sbin/postconf"
@@ -139,16 +141,16 @@ class PrivatePostfix:
             self._wait_listening(port)
 
     def _wait_listening(self, port: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def greets() -> bool:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                    if s.recv(512).startswith(b"220"):
-                        return
+                    return s.recv(512).startswith(b"220")
             except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"Postfix does not answer on 127.0.0.1:{port}:\n{self.log()}")
+                return False
+        try:
+            wait_until(greets, timeout, f"Postfix greeting on 127.0.0.1:{port}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n{self.log()}") from None
 
     def flush(self) -> None:
         """Try deferred mail now (postqueue -f), instead of waiting for the queue run."""
@@ -172,9 +174,9 @@ class PrivatePostfix:
             pid = None
         self._postfix("stop")
         # `postfix stop` returns before the master and its children are gone
-        deadline = time.monotonic() + 30
-        while pid is not None and _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        if pid is not None:
+            with contextlib.suppress(AssertionError):  # still there: aborted below
+                wait_until(lambda: not _alive(pid), 30, "Postfix master gone", 0.05)
         if pid is not None and _alive(pid):
             self._postfix("abort")
         shutil.rmtree(self.root, ignore_errors=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import tests.waiting as waiting
 from faxbridge.errors import StoreError
 from faxbridge.store import NewDocument, NewJob, NewRecipient, SmtpLogRecord, open_store
 from faxbridge.store.pgschema import SCHEMA_VERSION as PG_SCHEMA_VERSION
@@ -354,11 +355,7 @@ def kill(node: PostgresStore) -> None:
 
 
 def wait_until(pred: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (got := pred()):
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
-    return got
+    return waiting.wait_until(pred, timeout, "condition", 0.05)
 
 
 def test_two_nodes_never_claim_the_same_work(database_url):
