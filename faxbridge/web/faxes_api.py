@@ -245,17 +245,21 @@ def faxes_routes(db: Db, config: ConfigProvider, creator: FaxCreator) -> list[Ro
             return [(d.name, d.content_type, d.data) for d in store().job_documents(job_id)]
         return attachment(await db.run(docs), "fax", job_id)
 
-    async def delete_job(ctx: Ctx, payload_only: bool) -> Response:
-        job_id = ctx.request.path_params["id"]
+    async def deleted(ctx: Ctx, run: Callable[[str], ops.Outcome]) -> Response:
+        """A delete of the item in the path (`run` checks its scope and deletes it, in
+        the store's thread): 409 with the operation's reason when it may not go."""
+        key = ctx.request.path_params["id"]
+        outcome = await db.run(run, key)
+        if not outcome.ok:
+            raise ApiError(409, "conflict", {"cause": key, "message": outcome.message})
+        return ctx.ok({"id": key, "message": outcome.message})
 
-        def run() -> ops.Outcome:
+    async def delete_job(ctx: Ctx, payload_only: bool) -> Response:
+        def run(job_id: str) -> ops.Outcome:
             job_in_scope(ctx, job_id)
             return ops.delete_fax(store(), job_id, payload_only=payload_only,
                                   by=f"API token {ctx.token.name}")
-        outcome = await db.run(run)
-        if not outcome.ok:
-            raise ApiError(409, "conflict", {"cause": job_id, "message": outcome.message})
-        return ctx.ok({"id": job_id, "message": outcome.message})
+        return await deleted(ctx, run)
 
     @endpoint
     async def outbox_delete(ctx: Ctx) -> Response:
@@ -360,15 +364,10 @@ def faxes_routes(db: Db, config: ConfigProvider, creator: FaxCreator) -> list[Ro
         return attachment(await db.run(files), "received fax", key)
 
     async def delete_fax(ctx: Ctx, payload_only: bool) -> Response:
-        key = ctx.request.path_params["id"]
-
-        def run() -> ops.Outcome:
+        def run(key: str) -> ops.Outcome:
             fax_in_scope(ctx, key)
             return ops.delete_received(store(), key, payload_only=payload_only)
-        outcome = await db.run(run)
-        if not outcome.ok:
-            raise ApiError(409, "conflict", {"cause": key, "message": outcome.message})
-        return ctx.ok({"id": key, "message": outcome.message})
+        return await deleted(ctx, run)
 
     @endpoint
     async def inbox_delete(ctx: Ctx) -> Response:
