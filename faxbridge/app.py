@@ -45,6 +45,8 @@ from faxbridge.runtime.health import Health
 from faxbridge.runtime.inflight import InFlight
 from faxbridge.runtime.listening import write_listening
 from faxbridge.runtime.wakeups import Wakeups
+from faxbridge.runtime.workers import StatusSender, WorkersSupervisor
+from faxbridge.runtime.workers_lock import WorkersLock
 from faxbridge.simulator.app import SimState, build_app
 from faxbridge.smtp.handler import FaxHandler
 from faxbridge.smtp.server import start_smtp
@@ -63,7 +65,7 @@ log = logging.getLogger("faxbridge")
 # cancelling them (a Fax4A POST in flight is given its chance to be answered).
 STOP_SECONDS = 20.0
 
-# `serve --workers-process`: what the accepting process hands its workers process
+# `serve` (with its workers process, the default): what the accepting process hands its workers process
 # (the embedded simulator's URL, the per-run push secret) and how it wakes it.
 ENV_SIM_URL = "FAXBRIDGE_WORKERS_SIM_URL"
 ENV_PUSH_SECRET = "FAXBRIDGE_WORKERS_PUSH_SECRET"
@@ -131,8 +133,8 @@ class Bridge:
 
     def __init__(self, cfg: Config, role: str = "all",
                  workers_argv: list[str] | None = None, workers_nice: int = 0) -> None:
-        """role "all": one process does everything. "accept" (`serve
-        --workers-process`): SMTP, HTTP and the commits here, the downstream stages
+        """role "all" (`serve --single-process`): one process does everything.
+        "accept" (`serve`): SMTP, HTTP and the commits here, the downstream stages
         (submission, tracking, report and fax mails, housekeeping, topic polls, the
         push listener when it has one) in a child started with `workers_argv`, so that
         they do not take the accept loop's CPU (the interpreter runs one thread at a
@@ -140,7 +142,11 @@ class Bridge:
         self.role = role
         self.workers_argv = workers_argv
         self.workers_nice = workers_nice
-        self.workers: asyncio.subprocess.Process | None = None
+        # (accept) the workers process's supervisor; (workers, all) the lock that keeps
+        # a second set of runners off the same SQLite file, and what the child is doing
+        self.supervisor: WorkersSupervisor | None = None
+        self.workers_lock: WorkersLock | None = None
+        self.workers_state = "starting"
         self.config = ConfigProvider(cfg)
         self.health = Health(metrics=Metrics())
         self.wakeups = Wakeups()
@@ -210,6 +216,11 @@ class Bridge:
     def smtp_address(self) -> str | None:
         return self.health.smtp_address
 
+    @property
+    def workers(self) -> asyncio.subprocess.Process | None:
+        """(accept) The running workers process, if any."""
+        return self.supervisor.process if self.supervisor is not None else None
+
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         cfg = self.cfg
@@ -270,7 +281,7 @@ class Bridge:
         if self.role == "accept":
             await self._spawn_workers(push_secret)
         else:
-            self._start_runners()
+            await self._lock_and_start_runners()
 
     async def _start_workers_role(self, push_secret: str | None) -> None:
         """The workers process: the runners, the topic pollers and the status push
@@ -288,6 +299,20 @@ class Bridge:
                 listen, "retarus.push_listen")
             await self.push_server.start()
             self.retarus.webhook_url = self.push_server.url + PUSH_PATH
+        await self._lock_and_start_runners()
+
+    async def _lock_and_start_runners(self) -> None:
+        """With SQLite, the runners must be the only ones on the file (see
+        runtime/workers_lock.py): wait for a previous set to stop first. PostgreSQL
+        is shared by several nodes on purpose; no lock there."""
+        cfg = self.cfg
+        if not cfg.storage.database_url:
+            self.workers_lock = WorkersLock(cfg.storage.data_dir)
+
+            def waiting(pid: str) -> None:
+                self.workers_state = f"waiting for the previous workers process (pid {pid}) to stop"
+            await self.workers_lock.acquire(waiting)
+        self.workers_state = "running"
         self._start_runners()
 
     def _wake_sender(self, byte: bytes) -> Callable[[], None]:
@@ -304,14 +329,14 @@ class Bridge:
             env[ENV_SIM_URL] = self.sim_url
         if push_secret:
             env[ENV_PUSH_SECRET] = push_secret
-        nice = self.workers_nice
-        self.workers = await asyncio.create_subprocess_exec(
-            *self.workers_argv, stdin=asyncio.subprocess.PIPE, env=env,
-            # a lower CPU priority: accepting (the 250 a client waits for) goes first,
-            # the durable queue absorbs what the workers have not done yet
-            preexec_fn=(lambda: os.nice(nice)) if nice else None)
-        log.info("workers process started (pid %d)", self.workers.pid)
-        self.wakeups.submit.set()  # anything queued before this start
+
+        def started() -> None:
+            # anything queued before this (re)start, e.g. while a crashed child was down
+            for event in (self.wakeups.submit, self.wakeups.mail, self.wakeups.inbound):
+                event.set()
+        self.supervisor = WorkersSupervisor(self.workers_argv, env, self.workers_nice,
+                                            self.health, STOP_SECONDS, started)
+        await self.supervisor.start()
 
     async def listen_to_parent(self, gone: Callable[[], None]) -> None:
         """(workers process) Wake-ups from the accepting process on stdin."""
@@ -470,7 +495,10 @@ class Bridge:
             await self.committer.close()
         await _stop_all(self._runners, STOP_SECONDS)
         self._runners.clear()
-        await self._stop_workers()
+        if self.workers_lock is not None:
+            self.workers_lock.release()
+        if self.supervisor is not None:
+            await self.supervisor.stop()
         for srv in (self.http_server, self.push_server, self.sim_server):
             if srv is not None:
                 await srv.stop()
@@ -481,21 +509,6 @@ class Bridge:
         self.cpu.shutdown()
         if self.db is not None:
             self.db.close()
-
-    async def _stop_workers(self) -> None:
-        """End of its stdin tells the workers process to stop (between items, as
-        the runners do); it is killed only if it takes too long."""
-        w, self.workers = self.workers, None
-        if w is None:
-            return
-        if w.stdin is not None:
-            w.stdin.close()
-        try:
-            await asyncio.wait_for(w.wait(), STOP_SECONDS + 10)
-        except TimeoutError:
-            log.error("workers process (pid %d) did not stop; killing it", w.pid)
-            w.kill()
-            await w.wait()
 
     def push_url(self) -> str | None:
         return self.retarus.push_url() if self.retarus is not None else None
@@ -547,6 +560,24 @@ async def _stop_all(running: list[tuple[Runner, asyncio.Task[None]]],
             log.error("%s had failed: %r", task.get_name(), task.exception())
 
 
+async def _start_unless(bridge: Bridge, done: asyncio.Event) -> bool:
+    """Start the bridge; False if `done` came first (the workers process's listener
+    went away while it waited for the workers lock)."""
+    starting = asyncio.ensure_future(bridge.start())
+    ended = asyncio.ensure_future(done.wait())
+    try:
+        await asyncio.wait({starting, ended}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ended.cancel()
+    if starting.done():
+        starting.result()  # its exception, if any
+        return True
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await starting
+    return False
+
+
 def load_for_reload(path: Path, overrides: Overrides) -> Config:
     from faxbridge.config import load
     return apply_overrides(load(path), overrides)
@@ -568,13 +599,29 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
               role: str = "all", workers_argv: list[str] | None = None,
               workers_nice: int = 0) -> None:
     bridge = Bridge(cfg, role, workers_argv, workers_nice)
-    try:
-        await bridge.start()
-    except BaseException:
-        await bridge.stop(grace=0)
-        raise
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
+    sender: StatusSender | None = None
+    if role == "workers":
+        # SIGHUP is forwarded by the listener; before the reload handler is in place
+        # its default action would end this process
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        sender = StatusSender(bridge.health, lambda: bridge.workers_state)
+        await sender.start()
+        # end of stdin (the listener is gone) also ends a start that waits for the
+        # workers lock
+        await bridge.listen_to_parent(done.set)
+    try:
+        if not await _start_unless(bridge, done):
+            await bridge.stop(grace=0)
+            if sender is not None:
+                await sender.close()
+            return
+    except BaseException:
+        await bridge.stop(grace=0)
+        if sender is not None:
+            await sender.close()
+        raise
     signals = {"count": 0}
 
     def on_signal() -> None:
@@ -596,7 +643,8 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
             return
         try:
             await bridge.reload(new)
-            write_listening(cfg.storage.data_dir, bridge.addresses())
+            if role != "workers":  # the listener's addresses only (`faxbridge health`)
+                write_listening(cfg.storage.data_dir, bridge.addresses())
         except Exception:  # noqa: BLE001 - a failed switch must not kill the bridge
             log.exception("reload (%s) failed while switching", reason)
 
@@ -609,14 +657,16 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
                 seen = now
                 await do_reload("file changed")
 
+    def on_hangup() -> None:
+        if bridge.supervisor is not None:
+            bridge.supervisor.hangup()  # the workers process reloads too
+        asyncio.ensure_future(do_reload("SIGHUP"))
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    if role == "workers":
-        await bridge.listen_to_parent(done.set)
     watcher = None
     if config_path is not None:
-        loop.add_signal_handler(signal.SIGHUP,
-                                lambda: asyncio.ensure_future(do_reload("SIGHUP")))
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
         watcher = asyncio.create_task(watch(_mtimes(config_path)))
     # Only now, with the signal handlers in place and the config file's state taken:
     # whoever waits for this line may send SIGHUP or change the file at once (before
@@ -631,7 +681,10 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
         finally:
             if watcher is not None:
                 watcher.cancel()
+            bridge.workers_state = "stopping"
             await bridge.stop()
+            if sender is not None:
+                await sender.close()  # the last snapshot: everything counted until now
         return
     print_fn(f"faxbridge listening: SMTP {addrs.get('smtp')}, HTTP {addrs.get('http')}"
              + (f", simulator {addrs['simulator']}" if "simulator" in addrs else ""))

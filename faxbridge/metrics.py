@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
 
 if TYPE_CHECKING:
     from faxbridge.store.protocol import Store
@@ -74,6 +77,10 @@ class Metrics:
         # (stage, kind) → (first failure with no success since, last error): what
         # /readyz reports; stage is "compose" or "deliver", kind "report" or "inbound".
         self.mail_failing: dict[tuple[str, str], tuple[float, str]] = {}
+        # The workers process's (`serve` runs its stages in a child): its families and
+        # failing mails as of its last snapshot, merged into what this one exposes.
+        self.peer_families: list[dict[str, Any]] = []
+        self.peer_mail_failing: dict[tuple[str, str], tuple[float, str]] = {}
         self.mail_grace_seconds = MAIL_GRACE_SECONDS
         self.jobs = Gauge("faxbridge_jobs", "Outbound jobs by state", ["state"], registry=r)
         self.queue_depth = Gauge("faxbridge_queue_depth", "Items waiting", ["queue"], registry=r)
@@ -108,7 +115,11 @@ class Metrics:
         among them: it is finished, reported, and says nothing about the next one."""
         now = time.time() if now is None else now
         status, reasons = {}, []
-        for (stage, kind), (since, error) in sorted(self.mail_failing.items()):
+        failing = dict(self.peer_mail_failing)
+        for key, (since, error) in self.mail_failing.items():
+            if key not in failing or since < failing[key][0]:
+                failing[key] = (since, error)
+        for (stage, kind), (since, error) in sorted(failing.items()):
             what = WHAT.get(kind, f"{kind} mails")
             verb = "composed" if stage == "compose" else "delivered"
             text = f"{what} could not be {verb} for {now - since:.0f} s: {error}"
@@ -129,4 +140,47 @@ class Metrics:
             self.queue_age.labels(queue).set(now - oldest if oldest else 0)
         for name, st in topic_states.items():
             self.topic_up.labels(name).set(1 if st.status == "ok" else 0)
-        return generate_latest(self.registry)
+        return generate_latest(_Merged(self.registry, self.peer_families))
+
+    def families(self) -> list[dict[str, Any]]:
+        """This registry's samples as JSON-able data (the workers process's snapshot)."""
+        return [{"name": f.name, "type": f.type, "documentation": f.documentation,
+                 "samples": [[s.name, s.labels, s.value] for s in f.samples]}
+                for f in self.registry.collect()]
+
+
+class _Merged:
+    """A registry's families with the peer process's samples added: the same
+    names as when one process does everything, so dashboards and alerts do not
+    change. Values of the same sample add up (counters, histogram buckets, gauges
+    that only one of the two processes sets); a `_created` timestamp is the
+    earlier one."""
+
+    def __init__(self, registry: CollectorRegistry, peer: list[dict[str, Any]]) -> None:
+        self.registry, self.peer = registry, peer
+
+    def collect(self) -> Iterator[Metric]:
+        peer = {f["name"]: f for f in self.peer}
+        for fam in self.registry.collect():
+            other = peer.pop(fam.name, None)
+            if other is None:
+                yield fam
+                continue
+            values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+            for s in fam.samples:
+                values[(s.name, tuple(sorted(s.labels.items())))] = s.value
+            for name, labels, value in other["samples"]:
+                key = (name, tuple(sorted(labels.items())))
+                if key not in values:
+                    values[key] = value
+                elif name.endswith("_created"):
+                    values[key] = min(values[key], value)
+                else:
+                    values[key] += value
+            merged = Metric(fam.name, fam.documentation, fam.type)
+            merged.samples = [Sample(n, dict(labels), v) for (n, labels), v in values.items()]
+            yield merged
+        for f in peer.values():  # a family only the peer has
+            extra = Metric(f["name"], f["documentation"], f["type"])
+            extra.samples = [Sample(n, labels, v) for n, labels, v in f["samples"]]
+            yield extra

@@ -21,15 +21,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = apply_overrides(cfg, overrides)
     from faxbridge.logsetup import configure
     configure(cfg.logging.format, "DEBUG" if args.verbose else cfg.logging.level)
-    if args.config is None:
+    if args.config is None and not args.workers_child:  # said once, by the listener
         print("no --config given: running on the embedded default (Retarus simulator, "
               f"Maildir, {'PostgreSQL' if cfg.storage.database_url else 'SQLite'}); "
               "loopback may fax any valid number")
     from faxbridge.errors import StoreError
     from faxbridge.mail.compose import TemplateError
     from faxbridge.web.server import ListenError
+    # The default: the listener here, the downstream stages in a child process (so
+    # that they do not take the accepting loop's interpreter); --single-process: all
+    # in one, as before. --workers-process is the old name of the default.
     role = "workers" if args.workers_child else (
-        "accept" if args.workers_process else "all")
+        "all" if args.single_process else "accept")
     workers_argv = None
     if role == "accept":
         # the same command line, minus the listeners the workers do not open
@@ -88,12 +91,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--smtp-listen", metavar="HOST:PORT")
     s.add_argument("--http-listen", metavar="HOST:PORT")
     s.add_argument("--simulator-listen", metavar="HOST:PORT")
-    s.add_argument("--workers-process", action="store_true",
-                   help="run submission, tracking, mails and polls in a second process, "
-                        "so that they do not slow down accepting mail")
-    s.add_argument("--workers-nice", type=int, default=0, metavar="N",
-                   help="with --workers-process: run the workers process N steps "
-                        "nicer (lower CPU priority) than the listener (default 0)")
+    split = s.add_mutually_exclusive_group()
+    split.add_argument("--single-process", action="store_true",
+                       help="run submission, tracking, mails and polls in the listener's "
+                            "process (by default they run in a second process, so that "
+                            "they do not slow down accepting mail)")
+    split.add_argument("--workers-process", action="store_true",
+                       help="the default (kept so that existing command lines work)")
+    s.add_argument("--workers-nice", type=int, default=10, metavar="N",
+                   help="run the workers process N steps nicer (lower CPU priority) than "
+                        "the listener (default 10; ignored with --single-process)")
     s.add_argument("--workers-child", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_serve)
 

@@ -40,7 +40,7 @@ def build_web_app(db: Db, config: ConfigProvider, health: Health, retarus: Retar
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
     async def metrics(request: Request) -> Response:
-        body = await db.run(health.metrics.render, db.store, health.topic_states)
+        body = await db.run(health.metrics.render, db.store, health.all_topic_states())
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     routes: list[BaseRoute] = [Route("/healthz", healthz), Route("/readyz", readyz),

@@ -26,9 +26,15 @@ async def readiness(db: Db, health: Health) -> dict[str, Any]:
         reasons.append("smtp: not listening")
     elif not health.accepting:
         reasons.append("smtp: shutting down")
-    checks["last_contact"] = dict(health.last_contact)
+    # The stages run in the workers process (the default of `serve`): whether it runs
+    # and reports; its contacts, topics and mail problems come with its snapshots.
+    if health.workers is not None:
+        checks["workers"] = health.workers.describe()
+        if problem := health.workers.problem():
+            reasons.append(problem)
+    checks["last_contact"] = health.contacts()
     topics = {}
-    for name, st in health.topic_states.items():
+    for name, st in health.all_topic_states().items():
         topics[name] = {"status": st.status, "last_poll": st.last_poll,
                         "last_success": st.last_success, "last_error": st.last_error,
                         "received": st.received}
