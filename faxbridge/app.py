@@ -240,7 +240,10 @@ class Bridge:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.db = db = Db(open_store(data_dir / "faxbridge.sqlite3", cfg.storage.busy_timeout_ms,
                                      cfg.storage.database_url,
-                                     lease_seconds=cfg.storage.node_lease_seconds))
+                                     lease_seconds=cfg.storage.node_lease_seconds,
+                                     # PostgreSQL: a node is a set of workers (claims,
+                                     # leads, lease); the listener claims nothing
+                                     as_node=self.role != "accept"))
         self.committer = GroupCommitter(db.store, db.run)
         if self.role == "workers":
             self.sim_url = os.environ.get(ENV_SIM_URL) or None
@@ -694,7 +697,8 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
     if cfg.storage.database_url and bridge.db is not None:
         info = bridge.db.store.database()
         print_fn(f"database: {info['location']} (schema {info['schema_version']}), "
-                 f"this node {info.get('node')}")
+                 + (f"this node {info['node']}" if info.get("node")
+                    else "the workers process is this bridge's node"))
     write_listening(cfg.storage.data_dir, addrs)
     try:
         await done.wait()
