@@ -636,6 +636,16 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
         done.set()
 
     async def do_reload(reason: str) -> None:
+        try:
+            await reload_here(reason)
+        finally:
+            # The workers process reloads after the listener, told by it (it watches
+            # no file of its own): the listener's "configuration reloaded" line comes
+            # first, and a mail sent after it meets the new rules.
+            if bridge.supervisor is not None:
+                bridge.supervisor.hangup()
+
+    async def reload_here(reason: str) -> None:
         assert config_path is not None
         try:
             new = load_for_reload(config_path, overrides or Overrides())
@@ -660,17 +670,17 @@ async def run(cfg: Config, *, print_fn: Callable[[str], None] = print,
                 seen = now
                 await do_reload("file changed")
 
-    def on_hangup() -> None:
-        if bridge.supervisor is not None:
-            bridge.supervisor.hangup()  # the workers process reloads too
-        asyncio.ensure_future(do_reload("SIGHUP"))
-
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     watcher = None
     if config_path is not None:
-        loop.add_signal_handler(signal.SIGHUP, on_hangup)
-        watcher = asyncio.create_task(watch(_mtimes(config_path)))
+        # the workers process: SIGHUP comes from its listener, after the listener's own
+        # reload (a file change or a SIGHUP there)
+        reason = "from the listener" if role == "workers" else "SIGHUP"
+        loop.add_signal_handler(signal.SIGHUP,
+                                lambda: asyncio.ensure_future(do_reload(reason)))
+        if role != "workers":
+            watcher = asyncio.create_task(watch(_mtimes(config_path)))
     # Only now, with the signal handlers in place and the config file's state taken:
     # whoever waits for this line may send SIGHUP or change the file at once (before
     # the handler, SIGHUP's default action would end the process).
