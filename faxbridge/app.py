@@ -229,8 +229,9 @@ class Bridge:
         pre = preflight(cfg)
         if pre.errors:
             raise ConfigError(pre.errors)
-        for warning in pre.warnings:
-            log.warning("config: %s", warning)
+        if self.role != "workers":  # said once, by the listener
+            for warning in pre.warnings:
+                log.warning("config: %s", warning)
         self.smtp_tls, self.smtp_tls_fingerprint = pre.tls, pre.tls_fingerprint
         # Before anything binds: a bridge that cannot compose its report and fax mails
         # must not accept faxes (TemplateError: one line per problem, no traceback).

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 
+from faxbridge.runtime import workers
 from faxbridge.runtime.health import Health
 from faxbridge.runtime.workers import WorkersSupervisor
 from faxbridge.runtime.workers_lock import LOCK_FILE, WorkersLock
@@ -93,3 +94,38 @@ async def test_supervisor_stops_its_workers_process_without_restart(caplog):
     await sup.stop()
     assert proc.returncode == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# A stand-in workers process that reports once (a snapshot as the real one sends it,
+# on the pipe the supervisor gives it), then keeps quiet until its stdin closes.
+REPORTS_ONCE = """
+import json, os, sys
+fd = int(os.environ["FAXBRIDGE_WORKERS_STATUS_FD"])
+snap = {"state": "running", "pid": os.getpid(), "last_contact": {"relay": 1000.0},
+        "topics": {"demo": {"status": "auth-refused", "last_poll": 1.0, "last_success": None,
+                            "last_error": "401", "received": 0, "errors": 1}},
+        "mail_failing": [["deliver", "report", 1.0, "relay down"]], "metrics": []}
+os.write(fd, json.dumps(snap).encode() + b"\\n")
+sys.stdin.read()
+"""
+
+
+async def test_supervisor_merges_a_snapshot_and_calls_a_silent_child_stale(monkeypatch):
+    monkeypatch.setattr(workers, "STALE_SECONDS", 1.0)
+    health = Health()
+    sup = WorkersSupervisor([sys.executable, "-c", REPORTS_ONCE], dict(os.environ), 0,
+                            health, 5.0, lambda: None)
+    await sup.start()
+    try:
+        await wait_for(lambda: health.peer_topic_states)
+        assert health.contacts() == {"relay": 1000.0}
+        assert health.all_topic_states()["demo"].status == "auth-refused"
+        status, _ = health.metrics.mail_problems()
+        assert "relay down" in status["report deliver"]
+        pid = sup.process.pid  # type: ignore[union-attr]
+        assert sup.describe() == f"running (pid {pid})"
+        # it says nothing more: after STALE_SECONDS that is a readiness reason
+        stale = await wait_for(sup.problem, timeout=30)
+        assert stale.startswith(f"workers process (pid {pid}) sent no status for ")
+    finally:
+        await sup.stop()
