@@ -65,7 +65,8 @@ log = logging.getLogger("faxbridge")
 # cancelling them (a Fax4A POST in flight is given its chance to be answered).
 STOP_SECONDS = 20.0
 
-# `serve` (with its workers process, the default): what the accepting process hands its workers process
+# `serve` (its workers process is the default): what the accepting process hands
+# its workers process
 # (the embedded simulator's URL, the per-run push secret) and how it wakes it.
 ENV_SIM_URL = "FAXBRIDGE_WORKERS_SIM_URL"
 ENV_PUSH_SECRET = "FAXBRIDGE_WORKERS_PUSH_SECRET"
@@ -314,7 +315,8 @@ class Bridge:
             self.workers_lock = WorkersLock(cfg.storage.data_dir)
 
             def waiting(pid: str) -> None:
-                self.workers_state = f"waiting for the previous workers process (pid {pid}) to stop"
+                self.workers_state = (f"waiting for the previous workers process "
+                                      f"(pid {pid}) to stop")
             await self.workers_lock.acquire(waiting)
         self.workers_state = "running"
         self._start_runners()
