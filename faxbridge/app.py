@@ -66,8 +66,7 @@ log = logging.getLogger("faxbridge")
 STOP_SECONDS = 20.0
 
 # `serve` (its workers process is the default): what the accepting process hands
-# its workers process
-# (the embedded simulator's URL, the per-run push secret) and how it wakes it.
+# its workers process (the embedded simulator's URL, the per-run push secret) and how it wakes it.
 ENV_SIM_URL = "FAXBRIDGE_WORKERS_SIM_URL"
 ENV_PUSH_SECRET = "FAXBRIDGE_WORKERS_PUSH_SECRET"
 WAKE_BYTES = {"submit": b"s", "mail": b"m", "inbound": b"i"}
