@@ -40,10 +40,11 @@ from faxbridge.retarus.clients import SIM_PASSWORD, RetarusClients
 from faxbridge.retarus.fax4a import Fax4AClient
 from faxbridge.runner import Runner
 from faxbridge.runtime.config import ConfigProvider
-from faxbridge.runtime.db import Db, Offload
+from faxbridge.runtime.db import Db
 from faxbridge.runtime.health import Health
 from faxbridge.runtime.inflight import InFlight
 from faxbridge.runtime.listening import write_listening
+from faxbridge.runtime.parsers import ParsePool
 from faxbridge.runtime.wakeups import Wakeups
 from faxbridge.runtime.workers import StatusSender, WorkersSupervisor
 from faxbridge.runtime.workers_lock import WorkersLock
@@ -174,8 +175,9 @@ class Bridge:
         # fingerprint of the files it came from; built by the preflight.
         self.smtp_tls: ssl.SSLContext | None = None
         self.smtp_tls_fingerprint: str | None = None
-        # MIME parsing off the event loop, on its own pool (the store has another).
-        self.cpu = Offload(2, "parse")
+        # MIME parsing off the event loop: child processes (smtp.parse_processes) for
+        # ordinary mails, a thread pool of its own for large ones (runtime/parsers.py)
+        self.cpu = ParsePool(cfg.smtp.parse_processes if role != "workers" else 0)
         self._runners: list[tuple[Runner, asyncio.Task[None]]] = []
         self._topics: dict[str, tuple[TopicPoller, asyncio.Task[None]]] = {}
 
@@ -279,6 +281,7 @@ class Bridge:
         self.http_server = _http_server(self._web_app(), cfg)
         await self.http_server.start()
         self.retarus.webhook_url = self._webhook_base() + PUSH_PATH
+        self.cpu.start()
         self.handler = FaxHandler(self.config, db, self.cpu, self.committer,
                                   self.health.metrics, self.wakeups, self.inflight)
         self.smtp_server, self.health.smtp_address = await self._start_smtp()
@@ -511,7 +514,7 @@ class Bridge:
             await self.sim_state.aclose()
         if self.retarus is not None:
             await self.retarus.aclose()
-        self.cpu.shutdown()
+        await self.cpu.close()
         if self.db is not None:
             self.db.close()
 

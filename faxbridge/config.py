@@ -176,6 +176,10 @@ class SmtpConfig(Model):
     # <data_dir>/spool (so a big mail still gets through, and many unfinished
     # ones cannot exhaust memory).
     data_memory_limit: int = Field(default=32 * 1024 * 1024, ge=0)
+    # Processes that parse the MIME of mails up to 1 MiB beside the listener (on
+    # another core: the interpreter runs one thread at a time); 0 parses in threads
+    # of the listener's own process. Larger mails always parse in threads.
+    parse_processes: int = Field(default=1, ge=0, le=16)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     # RFC 4954 §4: PLAIN/LOGIN send the password in clear; only allow it in clear on request.

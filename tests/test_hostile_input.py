@@ -13,6 +13,7 @@ import threading
 
 import httpx
 
+from faxbridge.intake import parse as mail_parse
 from faxbridge.smtp import handler as smtp_handler
 from tests.conftest import wait_for
 from tests.smtp_client import send
@@ -41,7 +42,7 @@ async def test_huge_to_header_is_parsed_off_the_event_loop(make_bridge, monkeypa
     bridge = await make_bridge()
     order: list[str] = []
     started, go = threading.Event(), threading.Event()
-    real = smtp_handler._display_names
+    real = mail_parse.display_names
 
     def held(raw, country):  # noqa: ANN001, ANN202
         order.append("parse started")
@@ -50,7 +51,7 @@ async def test_huge_to_header_is_parsed_off_the_event_loop(make_bridge, monkeypa
         order.append("parse finished")
         return real(raw, country)
 
-    monkeypatch.setattr(smtp_handler, "_display_names", held)
+    monkeypatch.setattr(mail_parse, "display_names", held)
     names = b",\r\n ".join(b'"Name %d" <x%d@example.com>' % (i, i) for i in range(120_000))
     to = b'To: "Doctor Fax" <+4989123456@fax.local>,\r\n ' + names + b"\r\n"
     assert len(to) > 4_000_000

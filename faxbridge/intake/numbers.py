@@ -9,6 +9,7 @@ faxes' metadata) are compared by `same_number` and shown by `pretty`.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -31,6 +32,10 @@ def split_address(address: str) -> tuple[str, str]:
     return local, domain.lower()
 
 
+# Pure and asked for the same few numbers again and again (one office faxes the
+# same pharmacies and courts): libphonenumber's parse, validation and typing of a
+# number cost more than the rest of a RCPT decision.
+@functools.lru_cache(maxsize=4096)
 def parse_number(local: str, default_country: str) -> Parsed:
     if not local:
         return Parsed(False, error="the part before @ is empty; it must be the fax number")

@@ -5,6 +5,7 @@ what the listener decides."""
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -28,8 +29,7 @@ def _matches(pattern: str, who: Who) -> bool:
         if not who.peer_ip:
             return False
         try:
-            return ipaddress.ip_address(who.peer_ip) in ipaddress.ip_network(pattern[4:],
-                                                                              strict=False)
+            return ipaddress.ip_address(who.peer_ip) in _network(pattern[4:])
         except ValueError:
             return False
     # Addresses compare case-insensitively: mail clients and MTAs change the case of
@@ -86,7 +86,13 @@ def in_networks(ip: str | None, networks: tuple[str, ...]) -> bool:
         return False
     if addr.version == 6 and addr.ipv4_mapped:
         addr = addr.ipv4_mapped
-    return any(addr in ipaddress.ip_network(n, strict=False) for n in networks)
+    return any(addr in _network(n) for n in networks)
+
+
+@functools.lru_cache(maxsize=256)
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    # the config's few networks, asked for at every EHLO, MAIL and RCPT
+    return ipaddress.ip_network(text, strict=False)
 
 
 def destination_allowed(rule: SenderRule, e164: str, kind: str = "") -> tuple[bool, str]:

@@ -19,19 +19,20 @@ from faxbridge import replies
 from faxbridge.errors import StoreError
 from faxbridge.intake import accept
 from faxbridge.intake.clean import clean_text
-from faxbridge.intake.mime import Extraction, MimeError, extract
-from faxbridge.intake.numbers import parse_number, split_address
-from faxbridge.intake.slim import header_block
-from faxbridge.intake.subject import decode_subject, header_line
+from faxbridge.intake.mime import MimeError
+from faxbridge.intake.parse import parse_mail
+from faxbridge.intake.subject import header_line
 from faxbridge.outbound.request import fax_options
 from faxbridge.runtime.inflight import InFlight, count_limits
+from faxbridge.runtime.parsers import ParserUnavailable
 from faxbridge.smtp.txlog import log_transaction
 from faxbridge.store.new import NewDocument, NewJob, NewRecipient, SmtpLogRecord, new_job_id
 
 if TYPE_CHECKING:
     from faxbridge.metrics import Metrics
     from faxbridge.runtime.config import ConfigProvider
-    from faxbridge.runtime.db import Db, Offload
+    from faxbridge.runtime.db import Db
+    from faxbridge.runtime.parsers import ParsePool
     from faxbridge.runtime.wakeups import Wakeups
     from faxbridge.store.groupcommit import GroupCommitter
 
@@ -68,7 +69,7 @@ class Tx:
 
 
 class FaxHandler:
-    def __init__(self, config: ConfigProvider, db: Db, cpu: Offload,
+    def __init__(self, config: ConfigProvider, db: Db, cpu: ParsePool,
                  committer: GroupCommitter, metrics: Metrics, wakeups: Wakeups,
                  inflight: InFlight | None = None) -> None:
         self.config, self.db, self.cpu, self.committer = config, db, cpu, committer
@@ -197,11 +198,18 @@ class FaxHandler:
         try:
             # every header of the mail is parsed in the pool, never on the event loop:
             # a multi-megabyte To: or Subject: would stall every other session
-            parsed = await self.cpu.run(_parse, raw, cfg.fax.allowed_types, rule.body,
+            parsed = await self.cpu.run(parse_mail, raw, cfg.fax.allowed_types, rule.body,
                                         cfg.fax.default_country)
         except MimeError as exc:
             log.warning("mail refused (peer=%s): %s", rec.peer, exc)
             rec.reply = replies.S554_BAD_MIME.format(why=exc)
+            self.flush(session)
+            return rec.reply
+        except ParserUnavailable as exc:
+            # the parse process died with this mail in hand: not necessarily the
+            # mail's fault, and nothing was queued, so the client may try again
+            log.error("mail deferred (peer=%s): %s", rec.peer, exc)
+            rec.reply = replies.S451_INTERNAL
             self.flush(session)
             return rec.reply
         except Exception as exc:  # noqa: BLE001 - the parser must never crash a session
@@ -275,41 +283,5 @@ def _log_failure(fut: asyncio.Future[Any]) -> None:
         log.error("could not write SMTP log record: %s", fut.exception())
 
 
-@dataclass
-class Parsed:
-    ext: Extraction
-    subject: str               # decoded, one clean line
-    names: dict[str, str]      # E.164 number → display name from To/Cc
-
-
-def _parse(raw: bytes | bytearray, allowed: tuple[str, ...], body_mode: str,
-           country: str) -> Parsed:
-    """Everything DATA needs from the mail's text, in one call for the parse pool."""
-    ext = extract(raw, allowed, body_mode)
-    return Parsed(ext, decode_subject(ext.subject), _display_names(raw, country))
-
-
 def _one_line(exc: BaseException) -> str:
     return clean_text(f"{type(exc).__name__}: {exc}", 300)
-
-
-def _display_names(raw: bytes | bytearray, country: str) -> dict[str, str]:
-    """E.164 number → display name, from the To/Cc headers (keyed by number: the
-    header may spell the address differently from the envelope)."""
-    from email.parser import BytesHeaderParser
-    from email.utils import getaddresses
-    try:
-        # the header block only: parsing all of a 30 MB mail for two headers cost
-        # eight times its size in memory (the body is skipped anyway)
-        headers = BytesHeaderParser().parsebytes(header_block(raw))
-        pairs = getaddresses(headers.get_all("To", []) + headers.get_all("Cc", []))
-    except Exception:  # noqa: BLE001
-        return {}
-    out = {}
-    for name, addr in pairs:
-        if name and addr:
-            parsed = parse_number(split_address(addr)[0], country)
-            if parsed.ok:
-                # RFC 2047 decoded and made one clean line, like the subject
-                out[parsed.number] = clean_text(decode_subject(name), 200)
-    return out

@@ -24,7 +24,8 @@ from faxbridge.web.kazoo import ApiError, field_error
 
 if TYPE_CHECKING:
     from faxbridge.config import ApiToken, Config
-    from faxbridge.runtime.db import Db, Offload
+    from faxbridge.runtime.db import Db
+    from faxbridge.runtime.parsers import ParsePool
     from faxbridge.runtime.wakeups import Wakeups
     from faxbridge.store.groupcommit import GroupCommitter
 
@@ -147,7 +148,7 @@ def _mail(sender: str, recipients: list[tuple[str, str]], req: FaxRequest,
 
 
 class FaxCreator:
-    def __init__(self, db: Db, cpu: Offload, committer: GroupCommitter,
+    def __init__(self, db: Db, cpu: ParsePool, committer: GroupCommitter,
                  wakeups: Wakeups, inflight: InFlight) -> None:
         self.db, self.cpu, self.committer, self.wakeups = db, cpu, committer, wakeups
         # the SMTP listener's: an API request and a mail count against the same

@@ -1,0 +1,245 @@
+"""MIME parsing beside the accept loop: in child processes for ordinary mails, in
+threads for large ones.
+
+The interpreter runs one thread at a time: a parse in a thread still takes the
+accept loop's time (28 % of the SMTP listener's per 10 KB mail in
+bench/README.md's profile). A child process parses on another core, and the listener
+pays only for handing it the bytes and reading back the result (pickle over a
+pipe, on the event loop: no extra thread). Mails above PROCESS_MAX_BYTES stay in
+the thread pool: shipping tens of megabytes to a child and the documents back
+would cost more memory than the parse saves (their bodies are cut out before
+parsing anyway, intake/slim.py).
+
+A child that dies (killed, out of memory) fails only the calls it held, with
+ParserUnavailable (the listener answers 451: nothing was queued); until its
+replacement is up, calls go to the threads.
+
+The same `run(fn, *args)` as runtime.db.Offload, so callers do not care where
+the parse runs; `fn` must be a module-level function (it is pickled by name)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import struct
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from faxbridge.runtime.db import Offload
+
+T = TypeVar("T")
+log = logging.getLogger("faxbridge.parse")
+
+# Mails up to this size are parsed in a child process; larger ones in a thread.
+PROCESS_MAX_BYTES = 1 << 20
+# A frame: request id and payload length, then the pickled payload.
+_FRAME = struct.Struct("!QI")
+# Restart delays after a child died: doubling from the first to the last.
+_RESTART_FIRST, _RESTART_MAX = 0.5, 30.0
+
+
+class ParserUnavailable(Exception):
+    """The parse process died while it held this call."""
+
+
+class _Child:
+    """One parse process and the calls waiting for its answers."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.next_id = 0
+        self.served = 0
+        self.reader = asyncio.create_task(self._read(), name=f"parse-child-{proc.pid}")
+
+    @property
+    def alive(self) -> bool:
+        return not self.reader.done()
+
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        assert self.proc.stdin is not None
+        self.next_id += 1
+        payload = pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending[self.next_id] = fut
+        self.proc.stdin.write(_FRAME.pack(self.next_id, len(payload)))
+        self.proc.stdin.write(payload)
+        return fut
+
+    async def _read(self) -> None:
+        out = self.proc.stdout
+        assert out is not None
+        try:
+            while True:
+                rid, size = _FRAME.unpack(await out.readexactly(_FRAME.size))
+                ok, value = pickle.loads(await out.readexactly(size))
+                fut = self.pending.pop(rid, None)
+                self.served += 1
+                if fut is None or fut.done():
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+        except (asyncio.IncompleteReadError, ConnectionError, pickle.UnpicklingError,
+                struct.error):
+            pass  # the child is gone (or spoke nonsense): fail what it held
+        finally:
+            for fut in self.pending.values():
+                if not fut.done():
+                    fut.set_exception(ParserUnavailable(
+                        f"the parse process (pid {self.proc.pid}) ended"))
+            self.pending.clear()
+
+    async def stop(self) -> None:
+        """End of its stdin tells the child to exit; killed if it does not."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 5)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        self.reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.reader
+
+
+class ParsePool:
+    """`processes` child processes (0: threads only) and a thread pool."""
+
+    def __init__(self, processes: int, threads: int = 2) -> None:
+        self.threads = Offload(threads, "parse")
+        self.processes = processes
+        self.children: list[_Child] = []
+        self._keeper: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._closing = False
+
+    def start(self) -> None:
+        """Start the children in the background: calls use the threads until they
+        are up, so a bridge's start never waits for them."""
+        if self.processes > 0 and self._keeper is None:
+            self._keeper = asyncio.create_task(self._keep(), name="parse-processes")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) in a child when the first argument is a mail of at most
+        PROCESS_MAX_BYTES and a child is up; in a thread otherwise."""
+        raw = args[0] if args else None
+        if isinstance(raw, (bytes, bytearray)) and len(raw) <= PROCESS_MAX_BYTES:
+            live = [c for c in self.children if c.alive]
+            if live:
+                child = min(live, key=lambda c: len(c.pending))
+                try:
+                    return await child.call(fn, args)
+                finally:
+                    if not child.alive:
+                        self._wake.set()  # the keeper replaces it
+        return await self.threads.run(fn, *args)
+
+    def pids(self) -> list[int]:
+        return [c.proc.pid for c in self.children if c.alive]
+
+    @property
+    def served(self) -> int:
+        """Calls the children answered (all of them, since the start)."""
+        return self._served_before + sum(c.served for c in self.children)
+
+    _served_before = 0
+
+    async def _keep(self) -> None:
+        """Keep `processes` children running. A dead one is replaced after a delay
+        that doubles while children die before answering anything (one that cannot
+        start at all must not be respawned in a tight loop)."""
+        delay = _RESTART_FIRST
+        while not self._closing:
+            while len(self.children) < self.processes:
+                try:
+                    self.children.append(_Child(await _spawn()))
+                except OSError as exc:
+                    log.error("cannot start a parse process: %s (parsing in threads "
+                              "meanwhile)", exc)
+                    break
+            self._wake.clear()
+            waiter = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait([waiter, *(c.reader for c in self.children)],
+                               timeout=None if len(self.children) >= self.processes
+                               else delay, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if self._closing:
+                return
+            quick = len(self.children) < self.processes  # a start had failed
+            for dead in [c for c in self.children if not c.alive]:
+                self.children.remove(dead)
+                self._served_before += dead.served
+                quick = quick or dead.served == 0
+                code = await dead.proc.wait()
+                log.error("parse process (pid %d) ended with status %s; starting another "
+                          "(parsing in threads meanwhile)", dead.proc.pid, code)
+            if len(self.children) < self.processes:
+                delay = min(delay * 2, _RESTART_MAX) if quick else _RESTART_FIRST
+                await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+        for child in self.children:
+            await child.stop()
+        self.children.clear()
+        self.threads.shutdown()
+
+    def shutdown(self) -> None:
+        """The thread pool's part of close() (for callers without a loop)."""
+        self.threads.shutdown()
+
+
+async def _spawn() -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "faxbridge.runtime.parsers",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+
+
+def _child_main() -> None:
+    """The parse process: frames in on stdin, answers out on stdout, one at a time,
+    until stdin ends (the listener stopped or died)."""
+    # Ctrl-C in a terminal reaches the whole process group: the listener decides
+    # when to stop, and its stdin closing ends this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing else may write into the answer stream
+    while True:
+        head = inp.read(_FRAME.size)
+        if len(head) < _FRAME.size:
+            return
+        rid, size = _FRAME.unpack(head)
+        payload = inp.read(size)
+        if len(payload) < size:
+            return
+        try:
+            fn, args = pickle.loads(payload)
+            answer = (True, fn(*args))
+        except Exception as exc:  # noqa: BLE001 - the caller decides what it means
+            answer = (False, exc)
+        try:
+            data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - an exception that does not pickle
+            data = pickle.dumps((False, RuntimeError(f"{type(exc).__name__}: {exc}")))
+        out.write(_FRAME.pack(rid, len(data)))
+        out.write(data)
+        out.flush()
+
+
+if __name__ == "__main__":
+    # the listener may be killed without closing our stdin in time: exit with it
+    with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
+        _child_main()
+    os._exit(0)
