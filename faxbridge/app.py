@@ -71,6 +71,7 @@ STOP_SECONDS = 20.0
 ENV_SIM_URL = "FAXBRIDGE_WORKERS_SIM_URL"
 ENV_PUSH_SECRET = "FAXBRIDGE_WORKERS_PUSH_SECRET"
 WAKE_BYTES = {"submit": b"s", "mail": b"m", "inbound": b"i"}
+ACCEPT_BYTE = b"a"  # a job accepted (a submit wake-up that also counts the pace)
 
 
 class _ForwardedEvent(asyncio.Event):
@@ -97,6 +98,8 @@ class _WakeReader(asyncio.Protocol):
         for name, byte in WAKE_BYTES.items():
             if byte in data:
                 getattr(self.wakeups, name).set()
+        if accepted := data.count(ACCEPT_BYTE):
+            self.wakeups.accepted(accepted)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone()
@@ -154,6 +157,8 @@ class Bridge:
         if role == "accept":
             self.wakeups = Wakeups(**{name: _ForwardedEvent(self._wake_sender(byte))
                                       for name, byte in WAKE_BYTES.items()})
+            send_accept = self._wake_sender(ACCEPT_BYTE)
+            self.wakeups.on_accept = lambda count: [send_accept() for _ in range(count)]
         # faxes accepted but not yet committed, counted by every rate limit: the SMTP
         # listener's transactions and the Faxes API's requests alike
         self.inflight = InFlight()

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -45,6 +45,26 @@ def refusal(exc: Permanent) -> str:
     return f"The fax service refused the job{code} without giving a reason."
 
 
+# Accepted jobs per second from which mail counts as arriving in a burst.
+BURST_RATE = 10
+
+
+def burst_hold(rate: int, since: float | None, now: float, hold: float
+               ) -> tuple[bool, float | None]:
+    """Whether submissions wait now, and since when the burst runs (None: no burst).
+
+    While jobs are accepted at BURST_RATE a second or more, the first `hold` seconds
+    of the burst belong to the listener: the machine's CPU goes to answering the
+    clients (a 250 after the durable commit), the durable queue keeps the jobs, and
+    they are submitted when the burst ends or `hold` seconds into it, whichever
+    comes first. A fax takes tens of seconds to transmit; a few seconds more before
+    it starts are not noticed, a client waiting for its 250 is."""
+    if hold <= 0 or rate < BURST_RATE:
+        return False, None
+    since = now if since is None else since
+    return now - since < hold, since
+
+
 class Submitter(Runner[Job]):
     """Up to fax.submit_concurrency submissions at once; a job is never in flight twice
     (and the store's claim is guarded anyway). The confirmation pass runs beside it
@@ -55,11 +75,13 @@ class Submitter(Runner[Job]):
 
     def __init__(self, db: Db, config: ConfigProvider, retarus: RetarusClients,
                  health: Health, wakeups: Wakeups, finisher: Finisher,
-                 idle: float = 1.0) -> None:
+                 idle: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(wakeups.submit)
         self.db, self.config, self.retarus, self.health = db, config, retarus, health
         self.finisher = finisher
         self.idle = idle
+        self.wakeups, self.clock = wakeups, clock
+        self.burst_since: float | None = None  # see burst_hold
 
     @property
     def concurrency(self) -> int:  # type: ignore[override]
@@ -81,6 +103,15 @@ class Submitter(Runner[Job]):
         await self.recover()
 
     async def claim(self, limit: int, busy: frozenset[Hashable]) -> list[Job]:
+        now = self.clock()
+        hold = self.config.current.fax.burst_hold_seconds
+        began = self.burst_since
+        held, self.burst_since = burst_hold(self.wakeups.accept_rate(now), began, now, hold)
+        if held:
+            if began is None:
+                log.info("mail is arriving in a burst: submissions wait up to %.0f s "
+                         "(fax.burst_hold_seconds)", hold)
+            return []  # each accept wakes this runner; the idle wait ends the burst
         return await self.db.run(self.db.store.next_jobs, limit, busy)
 
     def key(self, item: Job) -> Hashable:

@@ -266,7 +266,7 @@ class FaxHandler:
         tx.logged = True
         self.metrics.smtp_reply(rec.reply, True)
         log_transaction(rec, rec.reply, job.id)
-        self.wakeups.submit.set()
+        self.wakeups.accepted()
         return rec.reply
 
     async def handle_RSET(self, server: Any, session: Session, envelope: Envelope) -> str:

@@ -237,5 +237,5 @@ class FaxCreator:
             state="failed" if error else "queued", last_error=error)
         await self.committer.commit(job, None)
         if error is None:
-            self.wakeups.submit.set()
+            self.wakeups.accepted()
         return job_id
