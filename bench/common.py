@@ -102,15 +102,20 @@ def simulator(port: int, complete_after: float = 1.0) -> Proc:
     return p
 
 
-def bridge_config(dir_: Path, sim_port: int, extra: str = "") -> Path:
+def bridge_config(dir_: Path, sim_port: int, extra: str = "",
+                  poll_min: float | None = 1.0) -> Path:
+    """The bridge on the simulator at `sim_port`, one sender rule matching anyone.
+    `poll_min`: fax.report_poll_min_seconds (None: the bridge's default, 10 s); the
+    end-to-end benches poll every second so that a lost push shows in their figures."""
     s = f"http://127.0.0.1:{sim_port}"
     cfg = dir_ / "bench.toml"
+    poll = "" if poll_min is None else f"report_poll_min_seconds = {poll_min}"
     cfg.write_text(f"""
 [retarus]
 send_url = "{s}/fax4a/ha-de/rest/v1"
 datacenter_urls = ["{s}/fax4a/de1/rest/v1", "{s}/fax4a/de2/rest/v1"]
 [fax]
-report_poll_min_seconds = 1.0
+{poll}
 [[senders]]
 name = "bench"
 match = ["*"]

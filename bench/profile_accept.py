@@ -53,6 +53,11 @@ def bucket(stack: str) -> str:
     return BUCKETS[-1][0]
 
 
+def _role(pid: int) -> str:
+    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    return "parse" if b"parsers" in cmd else "workers" if b"workers" in cmd else "child"
+
+
 def spy_on(pid: int, path: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--gil", "--rate", "200",
                              "--format", "raw", "--output", str(path), "--nonblocking"],
@@ -75,13 +80,15 @@ def main() -> None:
         sim_port, port = free_port(), free_port()
         sim = simulator(sim_port)
         fb = bridge(Path(d) / "data", port, extra=a.bridge_arg,
-                    config=bridge_config(Path(d), sim_port))
+                    config=bridge_config(Path(d), sim_port, poll_min=None))
         try:
             smtp_source(port, mail, 100)  # warm-up
             wait_jobs(sim_port, 100)
             kids = Path(f"/proc/{fb.p.pid}/task/{fb.p.pid}/children").read_text().split()
+            # the children: the workers process and the parse process(es), each apart
+            sides = {k: out.with_suffix(f".{_role(int(k))}-{k}.txt") for k in kids}
             spies = [spy_on(int(pid), path) for pid, path in
-                     [(fb.p.pid, out)] + [(k, out.with_suffix(".workers.txt")) for k in kids]]
+                     [(fb.p.pid, out), *sides.items()]]
             time.sleep(1.0)  # py-spy attached
             t0 = time.perf_counter()
             r = smtp_source(port, mail, a.messages)
@@ -97,12 +104,13 @@ def main() -> None:
             fb.stop()
             sim.stop()
     counts: collections.Counter[str] = collections.Counter()
-    total = workers = 0
-    side = out.with_suffix(".workers.txt")
-    for line in side.read_text().splitlines() if kids and side.exists() else []:
-        # `serve --workers-process`: the child's samples are not the accept loop's
-        n = line.rpartition(" ")[2]
-        workers += int(n) if n.isdigit() else 0
+    total = 0
+    children: collections.Counter[str] = collections.Counter()
+    for side in sides.values():
+        # the children's samples are not the accept loop's: each has its interpreter
+        for line in side.read_text().splitlines() if side.exists() else []:
+            n = line.rpartition(" ")[2]
+            children[side.stem.split(".")[-1]] += int(n) if n.isdigit() else 0
     for line in out.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         if not n.isdigit():
@@ -115,9 +123,9 @@ def main() -> None:
     print(f"{a.messages} mails of {a.size // 1000} KB in {secs:.1f}s "
           f"({a.messages / secs:.0f}/s); simulator jobs {jobs['jobs']}; {total} samples")
     print(table(rows, ["bucket", "share of GIL samples", "GIL ms per mail"]))
-    if workers:
-        print(f"workers process (its own interpreter and core): {workers} samples, "
-              f"{workers * 5.0 / a.messages:.2f} ms per mail")
+    for name, n in sorted(children.items()):
+        print(f"child {name} (its own interpreter): {n} samples, "
+              f"{n * 5.0 / a.messages:.2f} GIL ms per mail")
     print(f"collapsed stacks: {out}")
 
 
