@@ -485,6 +485,8 @@ class Bridge:
         if (fresh_smtp is None
                 and new.smtp.data_memory_limit != old.smtp.data_memory_limit):
             log.warning("smtp.data_memory_limit changed: takes effect at the next restart")
+        if new.smtp.parse_processes != old.smtp.parse_processes:
+            log.warning("smtp.parse_processes changed: takes effect at the next restart")
         for section in ("storage", "simulator", "logging"):
             if getattr(new, section) != getattr(old, section):
                 log.warning("[%s] changed: takes effect at the next restart", section)
