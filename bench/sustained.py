@@ -40,12 +40,14 @@ def store_counts(db: Path) -> tuple[int, int]:
     return depth + mails.get("queued", 0), mails.get("sent", 0)
 
 
-async def run(rate: float, seconds: float, extra: list[str]) -> dict[str, Any]:
+async def run(rate: float, seconds: float, extra: list[str],
+              poll_min: float | None = None) -> dict[str, Any]:
     raw = bench_mail(10_000)
     with tempfile.TemporaryDirectory() as d:
         sim_port, port = free_port(), free_port()
         sim = simulator(sim_port)
-        fb = bridge(Path(d) / "data", port, extra=extra, config=bridge_config(Path(d), sim_port))
+        fb = bridge(Path(d) / "data", port, extra=extra,
+                    config=bridge_config(Path(d), sim_port, poll_min=poll_min))
         db = Path(d) / "data" / "faxbridge.sqlite3"
         accepted = failed = 0
         rows: list[dict[str, Any]] = []
@@ -106,11 +108,13 @@ if __name__ == "__main__":
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--find", help="comma-separated rates to try in order")
     ap.add_argument("--bridge-arg", action="append", default=[])
+    ap.add_argument("--poll-min", type=float, default=None,
+                    help="fax.report_poll_min_seconds (default: the bridge's own, 10 s)")
     a = ap.parse_args()
     rates = [float(r) for r in a.find.split(",")] if a.find else [a.rate]
     results, best = [], None
     for r in rates:
-        res = asyncio.run(run(r, a.seconds, a.bridge_arg))
+        res = asyncio.run(run(r, a.seconds, a.bridge_arg, a.poll_min))
         results.append(res)
         if not res["sustained"]:
             break
