@@ -59,13 +59,17 @@ def send(address: str, count: int) -> None:
             s.sendmail("alice@example.com", [RCPT], mail(n))
 
 
-async def test_the_submitter_holds_queued_jobs_during_a_burst(make_bridge):
-    bridge = await make_bridge()
-    # the bridge's own submitter stops; the one under test claims by a clock of ours
+async def stop_submitter(bridge) -> None:  # noqa: ANN001
+    """The bridge's own submitter stops: the one under test claims by our clock."""
     for runner, task in bridge._runners:
         if isinstance(runner, Submitter):
             runner.stop()
             await task
+
+
+async def test_the_submitter_holds_queued_jobs_during_a_burst(make_bridge):
+    bridge = await make_bridge()
+    await stop_submitter(bridge)
     await asyncio.to_thread(send, bridge.smtp_address, 3)
     await wait_for(lambda: len(bridge.store.jobs_in(("queued",))) == 3)
     clock = [100.0]
@@ -91,10 +95,7 @@ async def test_the_submitter_holds_queued_jobs_during_a_burst(make_bridge):
 
 async def test_a_lone_mail_is_not_held_and_zero_never_holds(make_bridge):
     bridge = await make_bridge(fax={"burst_hold_seconds": 0})
-    for runner, task in bridge._runners:
-        if isinstance(runner, Submitter):
-            runner.stop()
-            await task
+    await stop_submitter(bridge)
     await asyncio.to_thread(send, bridge.smtp_address, 1)
     await wait_for(lambda: len(bridge.store.jobs_in(("queued",))) == 1)
     wk = Wakeups()
