@@ -248,7 +248,7 @@ class FaxConfig(Model):
     submit_deadline_seconds: int = Field(default=3600, gt=0)
     # Jobs submitted to Fax4A at the same time (each its own HTTP request).
     submit_concurrency: int = Field(default=8, ge=1, le=64)
-    # While mail arrives in a burst (10 or more jobs accepted a second), submissions
+    # While mail arrives in a burst (50 or more jobs accepted a second), submissions
     # wait up to this long, so that the CPU answers the clients first; 0: never wait.
     burst_hold_seconds: float = Field(default=5.0, ge=0, le=60)
     # How long to keep following a job's report before giving up; sent to Retarus as

@@ -1,4 +1,4 @@
-"""fax.burst_hold_seconds: while jobs are accepted at 10 or more a second, the
+"""fax.burst_hold_seconds: while jobs are accepted at 50 or more a second, the
 submitter leaves them queued for up to that long (the listener has the CPU for
 the clients), then submits as usual; a lone mail is submitted at once."""
 
@@ -76,13 +76,13 @@ async def test_the_submitter_holds_queued_jobs_during_a_burst(make_bridge):
     wk = Wakeups()
     sub = Submitter(bridge.db, bridge.config, bridge.retarus, bridge.health, wk,
                     bridge.finisher, clock=lambda: clock[0])
-    wk.accepted(12, now=99.9)  # a burst: 12 jobs in the last second
+    wk.accepted(BURST_RATE, now=99.9)  # a burst: that many jobs in the last second
     assert await sub.claim(8, frozenset()) == []
     clock[0] = 104.5
-    wk.accepted(12, now=104.4)  # still arriving, within the 5 s hold
+    wk.accepted(BURST_RATE, now=104.4)  # still arriving, within the 5 s hold
     assert await sub.claim(8, frozenset()) == []
     clock[0] = 105.1
-    wk.accepted(12, now=105.0)  # still arriving, but the hold is over
+    wk.accepted(BURST_RATE, now=105.0)  # still arriving, but the hold is over
     assert len(await sub.claim(8, frozenset())) == 3
     # a new burst after a quiet second holds again; then the pace drops
     clock[0] = 200.0
