@@ -78,7 +78,7 @@ class _ForwardedEvent(asyncio.Event):
     """A wake-up in the accepting process whose stage runs in the workers process:
     setting it also sends one byte down the workers' stdin."""
 
-    def __init__(self, send: Callable[[], None]) -> None:
+    def __init__(self, send: Callable[..., None]) -> None:
         super().__init__()
         self._send = send
 
@@ -157,8 +157,8 @@ class Bridge:
         if role == "accept":
             self.wakeups = Wakeups(**{name: _ForwardedEvent(self._wake_sender(byte))
                                       for name, byte in WAKE_BYTES.items()})
-            send_accept = self._wake_sender(ACCEPT_BYTE)
-            self.wakeups.on_accept = lambda count: [send_accept() for _ in range(count)]
+            # one byte per accepted job: the workers process counts the pace
+            self.wakeups.on_accept = self._wake_sender(ACCEPT_BYTE)
         # faxes accepted but not yet committed, counted by every rate limit: the SMTP
         # listener's transactions and the Faxes API's requests alike
         self.inflight = InFlight()
@@ -328,11 +328,11 @@ class Bridge:
         self.workers_state = "running"
         self._start_runners()
 
-    def _wake_sender(self, byte: bytes) -> Callable[[], None]:
-        def send() -> None:
+    def _wake_sender(self, byte: bytes) -> Callable[[int], None]:
+        def send(count: int = 1) -> None:
             w = self.workers
             if w is not None and w.stdin is not None and not w.stdin.is_closing():
-                w.stdin.write(byte)
+                w.stdin.write(byte * count)
         return send
 
     async def _spawn_workers(self, push_secret: str | None) -> None:

@@ -129,3 +129,11 @@ async def test_supervisor_merges_a_snapshot_and_calls_a_silent_child_stale(monke
         assert stale.startswith(f"workers process (pid {pid}) sent no status for ")
     finally:
         await sup.stop()
+
+
+def test_restart_delay_doubles_to_its_cap_and_resets_after_a_long_run():
+    from faxbridge.runtime.children import RestartDelay
+    d = RestartDelay(1.0, 8.0, 60.0)
+    assert [d.after(0.0) for _ in range(5)] == [1.0, 2.0, 4.0, 8.0, 8.0]
+    assert d.after(61.0) == 1.0  # the child had run a minute: a rare crash
+    assert d.after(3.0) == 2.0

@@ -27,9 +27,11 @@ import pickle
 import signal
 import struct
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from faxbridge.runtime.children import RestartDelay, stop_child
 from faxbridge.runtime.db import Offload
 
 T = TypeVar("T")
@@ -39,8 +41,9 @@ log = logging.getLogger("faxbridge.parse")
 PROCESS_MAX_BYTES = 1 << 20
 # A frame: request id and payload length, then the pickled payload.
 _FRAME = struct.Struct("!QI")
-# Restart delays after a child died: doubling from the first to the last.
-_RESTART_FIRST, _RESTART_MAX = 0.5, 30.0
+# Restart delays after a child died: 0.5 s doubling to 30 s, back to 0.5 s once a
+# child ran for a minute.
+_RESTART = (0.5, 30.0, 60.0)
 
 
 class ParserUnavailable(Exception):
@@ -55,6 +58,7 @@ class _Child:
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.next_id = 0
         self.served = 0
+        self.started = time.monotonic()
         self.reader = asyncio.create_task(self._read(), name=f"parse-child-{proc.pid}")
 
     @property
@@ -97,14 +101,7 @@ class _Child:
             self.pending.clear()
 
     async def stop(self) -> None:
-        """End of its stdin tells the child to exit; killed if it does not."""
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), 5)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+        await stop_child(self.proc, 5, "parse process")
         self.reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.reader
@@ -153,10 +150,9 @@ class ParsePool:
     _served_before = 0
 
     async def _keep(self) -> None:
-        """Keep `processes` children running. A dead one is replaced after a delay
-        that doubles while children die before answering anything (one that cannot
-        start at all must not be respawned in a tight loop)."""
-        delay = _RESTART_FIRST
+        """Keep `processes` children running; a dead one is replaced after a delay
+        (runtime/children.py), meanwhile mails are parsed in threads."""
+        restart = RestartDelay(*_RESTART)
         while not self._closing:
             while len(self.children) < self.processes:
                 try:
@@ -165,25 +161,25 @@ class ParsePool:
                     log.error("cannot start a parse process: %s (parsing in threads "
                               "meanwhile)", exc)
                     break
-            self._wake.clear()
-            waiter = asyncio.ensure_future(self._wake.wait())
-            await asyncio.wait([waiter, *(c.reader for c in self.children)],
-                               timeout=None if len(self.children) >= self.processes
-                               else delay, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            if self._closing:
-                return
-            quick = len(self.children) < self.processes  # a start had failed
-            for dead in [c for c in self.children if not c.alive]:
-                self.children.remove(dead)
-                self._served_before += dead.served
-                quick = quick or dead.served == 0
-                code = await dead.proc.wait()
-                log.error("parse process (pid %d) ended with status %s; starting another "
-                          "(parsing in threads meanwhile)", dead.proc.pid, code)
-            if len(self.children) < self.processes:
-                delay = min(delay * 2, _RESTART_MAX) if quick else _RESTART_FIRST
-                await asyncio.sleep(delay)
+            ran = 0.0  # a start failed: try again after a delay
+            if len(self.children) == self.processes:
+                self._wake.clear()
+                waiter = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait([waiter, *(c.reader for c in self.children)],
+                                   return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                dead = [c for c in self.children if not c.alive]
+                if self._closing or not dead:
+                    continue
+                now = time.monotonic()
+                for child in dead:
+                    self.children.remove(child)
+                    self._served_before += child.served
+                    code = await child.proc.wait()
+                    log.error("parse process (pid %d) ended with status %s; starting "
+                              "another (parsing in threads meanwhile)", child.proc.pid, code)
+                ran = min(now - c.started for c in dead)
+            await asyncio.sleep(restart.after(ran))
 
     async def close(self) -> None:
         self._closing = True
@@ -195,10 +191,6 @@ class ParsePool:
         for child in self.children:
             await child.stop()
         self.children.clear()
-        self.threads.shutdown()
-
-    def shutdown(self) -> None:
-        """The thread pool's part of close() (for callers without a loop)."""
         self.threads.shutdown()
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from faxbridge.runtime.children import RestartDelay, stop_child
 from faxbridge.runtime.health import Health
 
 log = logging.getLogger("faxbridge")
@@ -138,7 +139,7 @@ class WorkersSupervisor:
         self._last_seen = 0.0           # monotonic, of its last snapshot (or start)
         self._state = "starting"        # what its last snapshot said
         self._down: tuple[str, float] | None = None  # (exit text, restart at) while down
-        self._backoff = BACKOFF_FIRST
+        self.restart = RestartDelay(BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_RESET)
         self._watch: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         health.workers = self
@@ -199,9 +200,7 @@ class WorkersSupervisor:
             if self.stopping:
                 return
             ran = time.monotonic() - self._started_at
-            if ran >= BACKOFF_RESET:
-                self._backoff = BACKOFF_FIRST
-            delay, self._backoff = self._backoff, min(self._backoff * 2, BACKOFF_MAX)
+            delay = self.restart.after(ran)
             text = exit_text(rc)
             self._down = (text, time.monotonic() + delay)
             log.error("workers process (pid %d) exited unexpectedly (%s) after %.0f s; "
@@ -213,7 +212,7 @@ class WorkersSupervisor:
                     await self._spawn()
                     break
                 except OSError as exc:
-                    delay, self._backoff = self._backoff, min(self._backoff * 2, BACKOFF_MAX)
+                    delay = self.restart.after(0.0)
                     self._down = (f"could not start: {exc}", time.monotonic() + delay)
                     log.error("workers process could not be started: %s; retrying in "
                               "%.0f s", exc, delay)
@@ -259,14 +258,7 @@ class WorkersSupervisor:
                 await self._watch
         p, self.process = self.process, None
         if p is not None:
-            if p.stdin is not None:
-                p.stdin.close()
-            try:
-                await asyncio.wait_for(p.wait(), self.stop_seconds + 10)
-            except TimeoutError:
-                log.error("workers process (pid %d) did not stop; killing it", p.pid)
-                p.kill()
-                await p.wait()
+            await stop_child(p, self.stop_seconds + 10, "workers process")
         if self._reader is not None:
             # its last snapshot (what it counted until it stopped) is read to the end
             with contextlib.suppress(Exception):
