@@ -149,12 +149,22 @@ async def test_two_nodes_one_database_kill9_one_at_a_time(tmp_path, procs, monke
         f"a fax was mailed twice {why}"
 
     # any node's views show the whole cluster: /readyz names the database, and the
-    # command line lists every node's jobs
-    async with httpx.AsyncClient() as c:
-        ready = (await c.get(f"{(await nodes['b'].listening()).http}/readyz")).json()
-    db = ready["checks"]["database"]
+    # command line lists every node's jobs. A node is its workers process: the one
+    # restarted last may still be starting it, and with a 2 s lease a loaded machine
+    # can let a beat lapse for a moment, so wait (with a deadline) for both leases.
+    b_http = (await nodes["b"].listening()).http
+    seen: list[dict] = []
+
+    async def both_alive() -> dict | None:
+        async with httpx.AsyncClient() as c:
+            db = (await c.get(f"{b_http}/readyz")).json()["checks"]["database"]
+        seen.append(db)
+        return db if db["nodes_alive"] == 2 else None
+    try:
+        db = await wait_for(both_alive, timeout=30)
+    except AssertionError:
+        raise AssertionError(f"not two nodes alive: {seen[-1]}") from None
     assert db["backend"] == "postgresql" and db["schema_version"] == SCHEMA_VERSION
-    assert db["nodes_alive"] == 2, db
     listed = await arun_faxbridge("jobs", "list", "--database-url", database_url, "--json",
                                   "--limit", "100000")
     assert listed.returncode == 0, listed.stderr
