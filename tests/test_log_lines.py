@@ -124,6 +124,12 @@ async def test_json_mode_has_the_facts_as_fields(tmp_path: Path):
         assert sent["queue_id"] == relay.queue_ids[0] == "RQ0001"
         assert sent["reply"] == "250 2.0.0 Ok: queued as RQ0001"
         assert sent["recipients"] == ["alice@example.com"]
+        # the report mail is written by the workers process (serve's default): its
+        # records say so, with its pid; the listener's carry no process field
+        workers_pid = int(re.search(r"workers process started \(pid (\d+)\)",
+                                    proc.output).group(1))
+        assert (sent["process"], sent["pid"]) == ("workers", workers_pid), sent
+        assert "process" not in ok and "pid" not in ok, ok
     finally:
         await asyncio.to_thread(proc.stop)
         await relay.stop()

@@ -127,6 +127,11 @@ async def test_workers_process_is_the_default_reports_to_the_listener_and_stops_
     assert ready["ready"], ready
     assert ready["checks"]["workers"] == f"running (pid {pid})"
     assert {"retarus", "relay"} <= set(ready["checks"]["last_contact"])
+    # both write to the same stdout: the workers' lines name their process and pid
+    # (Postfix's `postfix/smtp[1234]:`), the listener's stay as in one process
+    await bridge.output_seen(f"INFO faxbridge.mail[workers {pid}]: sent report mail",
+                             count=3)
+    assert bridge.output.count("INFO faxbridge.smtp: accepted: ") == 3, bridge.output
 
     bridge.stop()
     assert bridge.p.returncode == 0, bridge.output

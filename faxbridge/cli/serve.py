@@ -20,7 +20,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         simulator_listen=args.simulator_listen, database_url=args.database_url)
     cfg = apply_overrides(cfg, overrides)
     from faxbridge.logsetup import configure
-    configure(cfg.logging.format, "DEBUG" if args.verbose else cfg.logging.level)
+    configure(cfg.logging.format, "DEBUG" if args.verbose else cfg.logging.level,
+              process="workers" if args.workers_child else None)
     if args.config is None and not args.workers_child:  # said once, by the listener
         print("no --config given: running on the embedded default (Retarus simulator, "
               f"Maildir, {'PostgreSQL' if cfg.storage.database_url else 'SQLite'}); "
