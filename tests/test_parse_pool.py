@@ -5,6 +5,7 @@ the mail it held (451, nothing queued) and is replaced."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import smtplib
@@ -112,6 +113,29 @@ async def test_a_mail_whose_parse_process_dies_gets_451_and_the_next_one_250(mak
     await wait_for(lambda: bridge.cpu.pids() and bridge.cpu.pids() != [child], timeout=60)
     code, reply = await asyncio.to_thread(send, bridge.smtp_address, mail("after"))
     assert code == 250, reply
+
+
+async def test_a_stuck_parse_process_is_killed_at_its_deadline(make_bridge):
+    bridge = await make_bridge()
+    await wait_for(lambda: bridge.cpu.pids(), timeout=60)
+    bridge.cpu.deadline = 1.0  # 30 s in service; the mechanism is the same
+    [child] = bridge.cpu.pids()
+    os.kill(child, signal.SIGSTOP)  # alive, but it will never answer
+    try:
+        # nobody kills it here: the pool must, or the mail (and every later one)
+        # waits for the client's DATA timeout
+        code, reply = await asyncio.to_thread(send, bridge.smtp_address, mail("stuck"))
+        assert code == 451, reply
+        assert reply.startswith(b"4.3.0 Local error"), reply
+        assert bridge.store.jobs_in(("queued", "submitting", "submitted", "done")) == []
+        await wait_for(lambda: not os.path.exists(f"/proc/{child}"), timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    await wait_for(lambda: bridge.cpu.pids() and bridge.cpu.pids() != [child], timeout=60)
+    code, reply = await asyncio.to_thread(send, bridge.smtp_address, mail("after"))
+    assert code == 250, reply
+    assert bridge.cpu.pids() != [child]
 
 
 async def test_parse_processes_zero_parses_in_threads(make_bridge):

@@ -12,7 +12,9 @@ parsing anyway, intake/slim.py).
 
 A child that dies (killed, out of memory) fails only the calls it held, with
 ParserUnavailable (the listener answers 451: nothing was queued); until its
-replacement is up, calls go to the threads.
+replacement is up, calls go to the threads. A child that stops answering (stopped,
+or looping on a pathological mail) is killed after DEADLINE seconds on one call,
+so that it cannot hold every later mail too: the same 451, the same replacement.
 
 The same `run(fn, *args)` as runtime.db.Offload, so callers do not care where
 the parse runs; `fn` must be a module-level function (it is pickled by name)."""
@@ -44,6 +46,10 @@ _FRAME = struct.Struct("!QI")
 # Restart delays after a child died: 0.5 s doubling to 30 s, back to 0.5 s once a
 # child ran for a minute.
 _RESTART = (0.5, 30.0, 60.0)
+# One parse of a mail up to PROCESS_MAX_BYTES takes milliseconds; a child that has
+# not answered a call in this long is stuck, and is killed. Generous for a loaded
+# machine, well inside an SMTP client's DATA timeout (RFC 5321 4.5.3.2.6: 10 min).
+DEADLINE = 30.0
 
 
 class ParserUnavailable(Exception):
@@ -110,9 +116,10 @@ class _Child:
 class ParsePool:
     """`processes` child processes (0: threads only) and a thread pool."""
 
-    def __init__(self, processes: int, threads: int = 2) -> None:
+    def __init__(self, processes: int, threads: int = 2, deadline: float = DEADLINE) -> None:
         self.threads = Offload(threads, "parse")
         self.processes = processes
+        self.deadline = deadline
         self.children: list[_Child] = []
         self._keeper: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -132,8 +139,17 @@ class ParsePool:
             live = [c for c in self.children if c.alive]
             if live:
                 child = min(live, key=lambda c: len(c.pending))
+                answer = child.call(fn, args)
                 try:
-                    return await child.call(fn, args)
+                    # shielded: on the deadline the kill below fails it (and any
+                    # other call the child held) with ParserUnavailable
+                    return await asyncio.wait_for(asyncio.shield(answer), self.deadline)
+                except TimeoutError:
+                    log.error("parse process (pid %d) did not answer in %.0f s; killing "
+                              "it", child.proc.pid, self.deadline)
+                    with contextlib.suppress(ProcessLookupError):
+                        child.proc.kill()
+                    return await answer
                 finally:
                     if not child.alive:
                         self._wake.set()  # the keeper replaces it
