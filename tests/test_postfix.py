@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import smtplib
+import sys
 from collections.abc import AsyncIterator, Callable
 from email.message import EmailMessage
 from pathlib import Path
@@ -181,8 +182,15 @@ async def test_bridge_down_postfix_defers_and_delivers_once_when_back(tmp_path, 
     bridge = await start_bridge(bridges, bridge_cfg(tmp_path, address))
     store = bridge.store
     assert store is not None
-    await wait_for(lambda: store.list_jobs(), timeout=90)
-    await wait_for(lambda: "status=sent" in pf.log(), timeout=60)
+    try:
+        await wait_for(lambda: store.list_jobs(), timeout=90)
+        await wait_for(lambda: "status=sent" in pf.log(), timeout=60)
+    except AssertionError as exc:
+        for task in asyncio.all_tasks():  # where the bridge's sessions are, if stuck
+            task.print_stack(file=sys.stderr)
+        raise AssertionError(f"{exc}; Postfix's log:\n{pf.log()[-4000:]}\n"
+                             f"its queue:\n{pf.queue()}\nthe bridge's SMTP log: "
+                             f"{store.list_log()}") from None
     assert "Mail queue is empty" in await asyncio.to_thread(pf.queue)
     # once: one job, one delivery to the bridge, nothing left to retry
     assert len(store.list_jobs()) == 1
