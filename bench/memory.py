@@ -1,10 +1,10 @@
 """Peak RSS of the bridge: one mail with a 25 MB attachment, then 10 concurrent
 mails with 10 MB each. Budget (issue 7): 60 MB + 3 × the bytes in flight.
 
-    python bench/memory.py [--bridge-arg=--workers-process]
+    python bench/memory.py [--bridge-arg=--single-process]
 
-With --workers-process the workers process's peak is printed beside the listener's
-(it reads the documents back to submit them), and the budget is checked on each."""
+The workers process's peak (serve's default; it reads the documents back to submit
+them) is printed beside the listener's, and the budget is checked on each."""
 
 from __future__ import annotations
 
@@ -68,5 +68,5 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--bridge-arg", action="append", default=[])
     a = ap.parse_args()
-    name = "memory" + ("-workers" if "--workers-process" in a.bridge_arg else "")
+    name = "memory" + ("-single" if "--single-process" in a.bridge_arg else "")
     print(f"written {write_result(name, asyncio.run(run(a.bridge_arg)))}")

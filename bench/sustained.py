@@ -1,7 +1,7 @@
 """Sustained throughput: 10 KB mails at a fixed offered rate for a while, and per
 second what came through each stage, so that a backlog shows as a growing queue.
 
-    python bench/sustained.py --rate 60 [--seconds 60] [--bridge-arg=--workers-process]
+    python bench/sustained.py --rate 60 [--seconds 60] [--bridge-arg=--single-process]
     python bench/sustained.py --find 20,40,60,80,100 --seconds 30
 
 Each second: mails accepted (250s), jobs the simulator received, report mails
