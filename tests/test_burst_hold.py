@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import sys
 from email.message import EmailMessage
 
-from faxbridge.app import _WakeReader
+from faxbridge.app import Bridge, _WakeReader
 from faxbridge.outbound.submit import BURST_RATE, Submitter, burst_hold
 from faxbridge.runtime.config import ConfigProvider
 from faxbridge.runtime.wakeups import Wakeups
-from tests.conftest import wait_for
+from tests.conftest import bridge_config, wait_for
 
 RCPT = "+4989123456@fax.local"
 
@@ -43,6 +44,24 @@ async def test_the_pace_counts_accepts_of_the_last_second_across_the_pipe():
     child = Wakeups()
     _WakeReader(child, lambda: None).data_received(b"aaasa")
     assert child.accept_rate() == 4 and child.submit.is_set()
+
+
+async def test_the_listener_tells_the_workers_process_of_each_accepted_job(tmp_path):
+    """`serve`'s listener writes one "a" per accepted job down its workers process's
+    stdin (what the pace above counts). The child here is a process that only
+    records what arrives on its stdin until the listener closes it."""
+    record = tmp_path / "stdin.bin"
+    child = [sys.executable, "-c", "import sys; data = sys.stdin.buffer.read(); "
+             f"open({str(record)!r}, 'wb').write(data)"]
+    bridge = Bridge(bridge_config(tmp_path), "accept", child)
+    await bridge.start()
+    try:
+        await asyncio.to_thread(send, bridge.smtp_address, 3)
+    finally:
+        await bridge.stop()  # ends the child's stdin: it writes what it got
+    got = record.read_bytes()
+    assert got.count(b"a") == 3, got
+    assert set(got) <= set(b"asmi"), got  # only wake-up bytes
 
 
 def mail(n: int) -> bytes:
