@@ -8,6 +8,7 @@ timeouts."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 from email.message import EmailMessage
@@ -17,6 +18,7 @@ import httpx
 
 from faxbridge.store import Store
 from tests.conftest import ALL_SENDERS_TOML, Proc, serve_args, wait_for
+from tests.waiting import dribble
 
 RCPT = "+4989123456@fax.local"
 
@@ -121,15 +123,13 @@ async def test_a_slow_data_sender_survives_the_idle_timeout(make_bridge):
     c, _ = await Client.connect(bridge.smtp_address)
     await c.start_data()
     body = small_mail("slow link").split(b"\r\n")
+    lines = itertools.chain(body, itertools.repeat(b"padding line of a slow mail"))
     started = time.monotonic()
-    # A slow link: a line every idle/5 seconds (the pacing is the behaviour under
-    # test, not a wait for something), for more than twice the idle timeout.
-    i = 0
-    while time.monotonic() - started < 2.5 * idle:
-        line = body[i] if i < len(body) else b"padding line of a slow mail"
-        c.w.write(line + b"\r\n")
-        i += 1
-        await asyncio.sleep(idle / 5)
+    # A slow link: a line every idle/5 seconds, 13 of them: more than twice the
+    # idle timeout in all, never idle for one
+    await dribble(c.w.write, (line + b"\r\n" for line in itertools.islice(lines, 13)),
+                  idle / 5)
+    assert time.monotonic() - started > 2 * idle
     c.w.write(b".\r\n")
     reply = await c.reply()
     assert reply.startswith("250 2.0.0 Queued as "), reply
@@ -165,11 +165,9 @@ async def test_the_total_data_deadline_applies_however_steady_the_flow(make_brid
     await c.start_data()
     started = time.monotonic()
 
-    async def dribble() -> None:  # a line every 0.2 s: never idle
-        while True:
-            c.w.write(b"a line that keeps coming\r\n")
-            await asyncio.sleep(0.2)
-    feeder = asyncio.create_task(dribble())
+    # a line every 0.2 s: never idle
+    feeder = asyncio.create_task(
+        dribble(c.w.write, itertools.repeat(b"a line that keeps coming\r\n"), 0.2))
     try:
         reply = await c.reply(timeout=30)
     finally:
@@ -311,11 +309,9 @@ async def test_http_slow_headers_are_cut_at_the_header_timeout(make_bridge):
     r, w = await _http_conn(url)
     started = time.monotonic()
 
-    async def dribble() -> None:  # one header byte every 0.1 s: never idle
-        for byte in b"GET /healthz HTTP/1.1\r\nHost: bridge\r\nX-Slow: " + b"a" * 1000:
-            w.write(bytes([byte]))
-            await asyncio.sleep(0.1)
-    feeder = asyncio.create_task(dribble())
+    # one header byte every 0.1 s: never idle
+    head = b"GET /healthz HTTP/1.1\r\nHost: bridge\r\nX-Slow: " + b"a" * 1000
+    feeder = asyncio.create_task(dribble(w.write, (bytes([b]) for b in head), 0.1))
     try:
         assert await asyncio.wait_for(r.read(), 30) == b""  # closed, never answered
     finally:

@@ -1,13 +1,14 @@
-"""Waiting for a condition with a deadline (never a fixed sleep): the suite's two
-waiters, shared by the tests and by the helper modules that start servers
-(tests/postfix.py, tests/pgserver.py). The interval is only how often the
-condition is asked; the deadline is an upper bound, generous for a loaded machine."""
+"""Time in the tests, in one place. The suite's two waiters poll a condition with a
+deadline (never a fixed sleep), shared by the tests and by the helper modules that
+start servers (tests/postfix.py, tests/pgserver.py): the interval is only how often
+the condition is asked; the deadline is an upper bound, generous for a loaded
+machine. `dribble` is a slow peer whose pace is the behaviour under test."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -37,3 +38,14 @@ def wait_until(pred: Callable[[], T | None], timeout: float, what: str,
             return value
         time.sleep(interval)
     raise AssertionError(f"{what}: not within {timeout} s")
+
+
+async def dribble(write: Callable[[bytes], None], pieces: Iterable[bytes],
+                  every: float) -> None:
+    """A slow peer, not a wait: write one piece every `every` seconds. The pace is
+    the behaviour under test (a slow link the bridge must tell from an idle one, a
+    steady flow its total deadline must still cut), so it is time itself, not a
+    condition that could be waited for."""
+    for piece in pieces:
+        write(piece)
+        await asyncio.sleep(every)
